@@ -1,0 +1,153 @@
+"""The built-in demo: a labelled source domain, a shifted unlabelled target, source training, adaptation, Dice.
+
+Everything runs through the stock nnU-Net commands and ``nnunet-sfda`` as a user would type them, with nnU-Net's
+three folders inside the demo's working folder, so the user's own datasets are never touched.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from nnunet_sfda.benchmark.phantom import DemoLayout, make_demo_datasets
+
+SOURCE_TRAINER = "nnUNetTrainer_5epochs"
+CONFIGURATION = "2d"
+
+
+@dataclass(frozen=True)
+class DemoResult:
+    source_only_dice: float
+    adapted_dice: float
+    seconds: float
+    results_file: Path
+
+
+def mean_foreground_dice(pred_dir: Path, label_dir: Path, case_ids: list[str], num_classes: int,
+                         file_ending: str = ".nii.gz") -> float:
+    """Mean over cases and foreground classes of the Dice between predictions and labels (both label maps)."""
+    import SimpleITK as sitk
+
+    scores = []
+    for case in case_ids:
+        pred = sitk.GetArrayFromImage(sitk.ReadImage(str(pred_dir / f"{case}{file_ending}")))
+        gt = sitk.GetArrayFromImage(sitk.ReadImage(str(label_dir / f"{case}{file_ending}")))
+        for k in range(1, num_classes):
+            p, g = pred == k, gt == k
+            denom = p.sum() + g.sum()
+            scores.append(1.0 if denom == 0 else 2.0 * np.logical_and(p, g).sum() / denom)
+    return float(np.mean(scores))
+
+
+def source_label_ratios(preprocessed_config_folder: Path, num_classes: int) -> list[float]:
+    """Class ratios of the source's preprocessed labels: statistics a source site can ship with its model."""
+    from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2
+
+    dataset = nnUNetDatasetBlosc2(str(preprocessed_config_folder))
+    counts = np.zeros(num_classes)
+    for case in dataset.identifiers:
+        _, seg, _, _ = dataset.load_case(case)
+        seg = np.asarray(seg[:])
+        counts[0] += np.count_nonzero(seg <= 0)  # -1 marks air outside the crop's non-zero mask: still background
+        for k in range(1, num_classes):
+            counts[k] += np.count_nonzero(seg == k)
+    return (counts / counts.sum()).tolist()
+
+
+class _Runner:
+    """Runs one step after another with progress lines; each command's output goes to its own log file."""
+
+    def __init__(self, work: Path, env: dict[str, str], total_steps: int):
+        self.work, self.env, self.total, self.step = work, env, total_steps, 0
+        self.start = time.monotonic()
+        (work / "logs").mkdir(parents=True, exist_ok=True)
+
+    def run(self, title: str, command: list[str], log_name: str, extra_env: dict[str, str] | None = None) -> None:
+        self.step += 1
+        log = self.work / "logs" / f"{self.step:02d}_{log_name}.log"
+        print(f"[{self.step}/{self.total}] {title} ... (log: {log})", flush=True)
+        t0 = time.monotonic()
+        with open(log, "w") as f:
+            proc = subprocess.run(command, env={**self.env, **(extra_env or {})}, stdout=f, stderr=subprocess.STDOUT,
+                                  cwd=self.work)
+        if proc.returncode != 0:
+            tail = "".join(log.read_text().splitlines(keepends=True)[-25:])
+            raise RuntimeError(f"step '{title}' failed (exit {proc.returncode}); last lines of {log}:\n{tail}")
+        print(f"      done in {time.monotonic() - t0:.0f} s (total {time.monotonic() - self.start:.0f} s)", flush=True)
+
+
+def _tool(name: str) -> str:
+    """A console script of this environment (the demo may run without the venv being activated)."""
+    candidate = Path(sys.executable).parent / name
+    return str(candidate) if candidate.exists() else name
+
+
+def run_demo(work: Path, overwrite: bool = False, device: str = "cpu", seed: int = 0) -> DemoResult:
+    work = Path(work).resolve()
+    if work.exists() and any(work.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"{work} exists and is not empty; pass --overwrite to replace it or choose -o")
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    raw, pre, res = work / "nnUNet_raw", work / "nnUNet_preprocessed", work / "nnUNet_results"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("nnUNet_sfda_")}
+    env.update(nnUNet_raw=str(raw), nnUNet_preprocessed=str(pre), nnUNet_results=str(res),
+               nnUNet_def_n_proc=env.get("nnUNet_def_n_proc", "2"), nnUNet_compile=env.get("nnUNet_compile", "f"))
+    train_env = {"nnUNet_n_proc_DA": env.get("nnUNet_n_proc_DA", "0"), "nnUNet_sfda_seed": str(seed)}
+
+    print(f"nnunet-sfda demo in {work}", flush=True)
+    layout: DemoLayout = make_demo_datasets(raw, work, seed=seed)
+    print(f"      generated {len(layout.source_case_ids)} labelled source cases, {len(layout.target_case_ids)} "
+          f"unlabelled target cases and {len(layout.target_test_case_ids)} target test cases "
+          f"(shift: {', '.join(map(str, layout.shifts))})", flush=True)
+    src, tgt = str(layout.source_dataset_id), str(layout.target_dataset_id)
+    num_classes = len(json.loads((layout.source_dir / "dataset.json").read_text())["labels"])
+    runner = _Runner(work, env, total_steps=7)
+
+    runner.run("planning and preprocessing the source dataset",
+               [_tool("nnUNetv2_plan_and_preprocess"), "-d", src, "-c", CONFIGURATION, "-np", "2"], "plan_source")
+    runner.run(f"training the source model ({SOURCE_TRAINER})",
+               [_tool("nnUNetv2_train"), src, CONFIGURATION, "all", "-tr", SOURCE_TRAINER, "-device", device],
+               "train_source", train_env)
+    model_folder = res / layout.source_dataset_name / f"{SOURCE_TRAINER}__nnUNetPlans__{CONFIGURATION}"
+    preds = work / "predictions"
+    runner.run("source-only prediction on the target test cases",
+               [_tool("nnUNetv2_predict"), "-i", str(layout.target_test_images), "-o", str(preds / "source_only"),
+                "-d", src, "-c", CONFIGURATION, "-f", "all", "-tr", SOURCE_TRAINER, "-device", device,
+                "--disable_tta", "-npp", "1", "-nps", "1"], "predict_source_only")
+    runner.run("prepare-target: preprocessing the target with the source plans",
+               [_tool("nnunet-sfda"), "prepare-target", "-m", str(model_folder), "-d", tgt, "-c", CONFIGURATION,
+                "-np", "1"], "prepare_target")
+    ratios = source_label_ratios(pre / layout.source_dataset_name / f"nnUNetPlans_{CONFIGURATION}", num_classes)
+    runner.run("estimate-prior: class ratios from the source's label statistics",
+               [_tool("nnunet-sfda"), "estimate-prior", "-d", tgt, "--ratios", *[f"{r:.6f}" for r in ratios]],
+               "estimate_prior")
+    runner.run("adapting with nnUNetTrainerSFDA (no source data, no target labels)",
+               [_tool("nnUNetv2_train"), tgt, CONFIGURATION, "all", "-tr", "nnUNetTrainerSFDA", "-device", device],
+               "adapt", train_env)
+    runner.run("adapted prediction on the target test cases",
+               [_tool("nnUNetv2_predict"), "-i", str(layout.target_test_images), "-o", str(preds / "adapted"),
+                "-d", tgt, "-c", CONFIGURATION, "-f", "all", "-tr", "nnUNetTrainerSFDA", "-device", device,
+                "--disable_tta", "-npp", "1", "-nps", "1"], "predict_adapted")
+
+    cases = layout.target_test_case_ids
+    before = mean_foreground_dice(preds / "source_only", layout.target_test_labels, cases, num_classes)
+    after = mean_foreground_dice(preds / "adapted", layout.target_test_labels, cases, num_classes)
+    seconds = time.monotonic() - runner.start
+    results_file = work / "demo_results.json"
+    results_file.write_text(json.dumps({"source_only_dice": before, "adapted_dice": after, "seconds": seconds,
+                                        "test_cases": cases, "shift": list(map(str, layout.shifts))}, indent=2))
+    print(f"\nMean foreground Dice on {len(cases)} held-out target test cases:")
+    print(f"  source only : {before:.3f}")
+    print(f"  adapted     : {after:.3f}   ({after - before:+.3f})")
+    print(f"Adaptation curves: {res / layout.target_dataset_name}/nnUNetTrainerSFDA__nnUNetPlans__{CONFIGURATION}"
+          f"/fold_all/sfda_progress.png")
+    print(f"Results: {results_file}  ({seconds / 60:.1f} min)")
+    return DemoResult(before, after, seconds, results_file)

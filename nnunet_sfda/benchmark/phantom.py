@@ -1,0 +1,702 @@
+"""Seeded synthetic "prostate-MR-like" phantoms for the demo, the end-to-end tests and the benchmark.
+
+The phantoms are small 3D stacks (z, y, x) with an elliptical body of soft tissue (surrounded by a thin fat rim and
+zero-valued air, so nnU-Net's crop-to-nonzero has something to crop), an ellipsoidal organ (label 1) and optionally a
+small lesion inside it (label 2). The *source* domain is T2-like: the organ is the brightest structure. The *target*
+domain is the same anatomy pushed through one or more intensity shifts (:data:`SHIFTS`), which never touch the labels.
+
+Everything here is deterministic given a seed: case ``i`` of a split with seed ``s`` depends only on ``(s, i)``, so
+writing 10 or 12 cases gives the same first 10 cases, and the same call gives byte-identical arrays.
+
+Only numpy, scipy, SimpleITK and the standard library are used (no torch, no nnunetv2), so this module can be imported
+anywhere, e.g. by test fixtures before nnU-Net's environment variables are set.
+
+Array convention: numpy arrays are indexed (z, y, x) and ``spacing`` is given in the same (z, y, x) order in mm. SimpleITK
+uses (x, y, z), so :func:`write_cases` reverses the spacing when it builds the image.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage
+
+__all__ = [
+    "T2_LEVELS",
+    "T1_LEVELS",
+    "LABEL_NAMES",
+    "PhantomSpec",
+    "ShiftLike",
+    "SHIFTS",
+    "DEFAULT_SHIFT",
+    "shift_contrast",
+    "shift_bias_field",
+    "shift_noise",
+    "shift_blur",
+    "shift_invert",
+    "apply_shifts",
+    "case_rng",
+    "make_case",
+    "case_ids_for",
+    "write_cases",
+    "write_dataset",
+    "DemoLayout",
+    "make_demo_datasets",
+]
+
+# --------------------------------------------------------------------------------------------------------------------
+# Tissue-contrast model
+# --------------------------------------------------------------------------------------------------------------------
+
+#: Mean intensity of each tissue class in the T2-like *source* domain (arbitrary MR units). Ordering:
+#: air < tissue < lesion < fat < organ, i.e. the organ is the brightest structure and the lesion is darker than the organ.
+T2_LEVELS: Mapping[str, float] = {"air": 0.0, "tissue": 300.0, "lesion": 430.0, "fat": 620.0, "organ": 760.0}
+
+#: Mean intensity of each tissue class after the ``contrast`` shift (T1-like weighting). The organ is now *darker* than
+#: the surrounding tissue with a much smaller contrast (|organ - tissue| = 80 instead of 460), fat becomes the brightest
+#: structure, and the lesion turns brighter than the organ. The organ's outline is still visible as an edge.
+T1_LEVELS: Mapping[str, float] = {"air": 0.0, "tissue": 440.0, "lesion": 470.0, "fat": 900.0, "organ": 360.0}
+
+#: Label names per ``num_classes`` (background included), in label-value order.
+LABEL_NAMES: Mapping[int, tuple[str, ...]] = {
+    2: ("background", "organ"),
+    3: ("background", "organ", "lesion"),
+}
+
+_FLOOR = 1e-3  # smallest intensity a body voxel may take; air is exactly 0
+
+
+@dataclass
+class PhantomSpec:
+    """Geometry and content parameters of one phantom family. All ranges ``(lo, hi)`` are sampled uniformly per case.
+
+    Attributes:
+        shape: volume shape (z, y, x) in voxels.
+        spacing: voxel spacing (z, y, x) in mm. Written to NIfTI in SimpleITK's (x, y, z) order.
+        num_classes: number of classes including background: 2 (organ) or 3 (organ + lesion).
+        body_fill_yx: per-axis ranges of the body's in-plane semi-axes as a fraction of half the field of view (y, x).
+        fat_thickness_px: range of the subcutaneous fat rim's thickness (in-plane voxels).
+        organ_semi_axes_px: range of the organ's two in-plane semi-axes (voxels), sampled independently.
+        organ_semi_axis_z_mm: range of the organ's semi-axis along z in mm (converted to slices with ``spacing[0]``);
+            it is capped so that some slices never contain organ.
+        organ_max_rotation_deg: the organ is rotated in-plane by an angle uniform in [-max, max] degrees.
+        lesion_semi_axes_px: range of the lesion's in-plane semi-axes (only when ``num_classes == 3``).
+        lesion_semi_axis_z_mm: range of the lesion's semi-axis along z in mm.
+        levels: class mean intensities of the source domain (default :data:`T2_LEVELS`).
+        level_jitter: relative per-case, per-class std of the class mean intensities.
+        texture_strength: relative std of the smooth multiplicative texture.
+        texture_sigma_vox: Gaussian smoothing (z, y, x) in voxels of the texture field.
+        fine_noise: relative std of a white multiplicative noise on top of the texture.
+        channel_name: modality written to dataset.json ``channel_names["0"]``. With anything but "CT", nnU-Net uses
+            per-image z-score normalisation.
+    """
+
+    shape: tuple[int, int, int] = (12, 64, 64)
+    spacing: tuple[float, float, float] = (3.0, 1.0, 1.0)
+    num_classes: int = 2
+    body_fill_yx: tuple[tuple[float, float], tuple[float, float]] = ((0.72, 0.86), (0.84, 0.95))
+    fat_thickness_px: tuple[float, float] = (2.0, 3.5)
+    organ_semi_axes_px: tuple[float, float] = (6.0, 14.0)
+    organ_semi_axis_z_mm: tuple[float, float] = (6.0, 12.0)
+    organ_max_rotation_deg: float = 30.0
+    lesion_semi_axes_px: tuple[float, float] = (2.5, 4.5)
+    lesion_semi_axis_z_mm: tuple[float, float] = (3.0, 6.0)
+    levels: Mapping[str, float] = field(default_factory=lambda: dict(T2_LEVELS))
+    level_jitter: float = 0.04
+    texture_strength: float = 0.06
+    texture_sigma_vox: tuple[float, float, float] = (0.7, 2.0, 2.0)
+    fine_noise: float = 0.015
+    channel_name: str = "T2"
+
+    def __post_init__(self) -> None:
+        self.shape = tuple(int(s) for s in self.shape)  # type: ignore[assignment]
+        self.spacing = tuple(float(s) for s in self.spacing)  # type: ignore[assignment]
+        if len(self.shape) != 3 or min(self.shape) < 4:
+            raise ValueError(f"shape must be 3 sizes (z, y, x) of at least 4 voxels, got {self.shape}")
+        if self.shape[1] < 32 or self.shape[2] < 32:
+            raise ValueError(f"in-plane size must be at least 32x32 to fit body and organ, got {self.shape}")
+        if len(self.spacing) != 3 or min(self.spacing) <= 0:
+            raise ValueError(f"spacing must be 3 positive values (z, y, x) in mm, got {self.spacing}")
+        if self.num_classes not in LABEL_NAMES:
+            raise ValueError(f"num_classes must be one of {sorted(LABEL_NAMES)}, got {self.num_classes}")
+        missing = {"air", "tissue", "fat", "organ", "lesion"} - set(self.levels)
+        if missing:
+            raise ValueError(f"levels lacks {sorted(missing)}")
+        if min(v for k, v in self.levels.items() if k != "air") <= 0:
+            raise ValueError("all non-air levels must be positive")
+
+    @property
+    def label_names(self) -> tuple[str, ...]:
+        """Names of the labels, index = label value."""
+        return LABEL_NAMES[self.num_classes]
+
+    @property
+    def labels_dict(self) -> dict[str, int]:
+        """The dataset.json ``labels`` entry, e.g. ``{"background": 0, "organ": 1}``."""
+        return {n: i for i, n in enumerate(self.label_names)}
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Shifts. Each is f(image, labels, rng, **params) -> new float32 image. Body = image > 0; air stays exactly 0, body
+# voxels stay >= _FLOOR > 0, labels are read-only.
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _finalize(out: np.ndarray, body: np.ndarray) -> np.ndarray:
+    return np.where(body, np.maximum(out, _FLOOR), 0.0).astype(np.float32)
+
+
+def shift_contrast(
+    image: np.ndarray,
+    labels: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    source_levels: Mapping[str, float] = T2_LEVELS,
+    target_levels: Mapping[str, float] = T1_LEVELS,
+    strength: float = 1.0,
+    jitter: float = 0.03,
+) -> np.ndarray:
+    """T1-like re-weighting of the tissue contrast (changes the intensity *ordering* of the classes).
+
+    Labelled voxels are scaled per class by ``target/source`` level (organ for label 1, lesion for label 2), so their
+    texture is kept. Unlabelled body voxels (tissue and fat) go through the monotone piecewise-linear curve
+    0 -> 0, source tissue -> target tissue, source fat -> target fat (extrapolated with the last slope). With the
+    defaults the organ ends up slightly darker than the tissue (reduced, reversed contrast) while fat becomes the
+    brightest class. ``jitter`` is the relative per-case std of each target level (drawn from ``rng``).
+    Assumes the image was made with ``source_levels`` (the phantom's T2 levels).
+    """
+    body = image > 0
+    src = {k: float(v) for k, v in source_levels.items()}
+    tgt = {
+        k: ((1.0 - strength) * src[k] + strength * float(v)) * (1.0 + jitter * rng.standard_normal())
+        for k, v in sorted(target_levels.items())
+    }
+    xs = np.array([0.0, src["tissue"], src["fat"]])
+    ys = np.array([0.0, tgt["tissue"], tgt["fat"]])
+    if not (np.all(np.diff(xs) > 0) and np.all(np.diff(ys) > 0)):
+        raise ValueError("contrast: need 0 < tissue < fat in both source_levels and target_levels")
+    x = image.astype(np.float64)
+    out = np.interp(x, xs, ys)
+    hi = x > xs[-1]
+    out[hi] = ys[-1] + (x[hi] - xs[-1]) * (ys[-1] - ys[-2]) / (xs[-1] - xs[-2])
+    for value, name in ((1, "organ"), (2, "lesion")):
+        m = labels == value
+        if m.any():
+            out[m] = x[m] * (tgt[name] / src[name])
+    return _finalize(out, body)
+
+
+def _smooth_field(shape: Sequence[int], rng: np.random.Generator, order: int) -> np.ndarray:
+    """Random polynomial of total degree ``order`` in normalised (z, y, x) coordinates in [-1, 1], max |value| = 1."""
+    nz, ny, nx = shape
+    z, y, x = np.meshgrid(
+        np.linspace(-1, 1, nz) * 0.5,  # weaker variation through the (thick) slices
+        np.linspace(-1, 1, ny),
+        np.linspace(-1, 1, nx),
+        indexing="ij",
+    )
+    g = np.zeros(shape, dtype=np.float64)
+    for i in range(order + 1):
+        for j in range(order + 1 - i):
+            for k in range(order + 1 - i - j):
+                if i + j + k == 0:
+                    continue
+                g += rng.standard_normal() / (i + j + k) * z**i * y**j * x**k
+    m = np.abs(g).max()
+    return g / m if m > 0 else g
+
+
+def shift_bias_field(
+    image: np.ndarray,
+    labels: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    strength: float = 0.35,
+    order: int = 3,
+) -> np.ndarray:
+    """Smooth multiplicative low-frequency field (coil inhomogeneity).
+
+    field = exp(strength * g) with g a random polynomial of total degree ``order`` in the normalised coordinates,
+    scaled to max |g| = 1, so the field lies in [exp(-strength), exp(strength)] (0.70..1.42 for the default 0.35).
+    """
+    body = image > 0
+    g = _smooth_field(image.shape, rng, order)
+    return _finalize(image.astype(np.float64) * np.exp(strength * g), body)
+
+
+def shift_noise(
+    image: np.ndarray,
+    labels: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    sigma: float = 25.0,
+    kind: Literal["rician", "gaussian"] = "rician",
+) -> np.ndarray:
+    """Additive noise of std ``sigma`` (intensity units; source tissue is ~300) inside the body.
+
+    ``kind="rician"``: magnitude of a complex signal with Gaussian noise in both channels, sqrt((I+n1)^2 + n2^2), as in
+    real MR magnitude images (always positive). ``kind="gaussian"``: I + n, clipped to a small positive floor.
+    Air stays exactly 0.
+    """
+    body = image > 0
+    x = image.astype(np.float64)
+    n1 = rng.standard_normal(image.shape) * sigma
+    if kind == "rician":
+        n2 = rng.standard_normal(image.shape) * sigma
+        out = np.sqrt((x + n1) ** 2 + n2**2)
+    elif kind == "gaussian":
+        out = x + n1
+    else:
+        raise ValueError(f"noise: kind must be 'rician' or 'gaussian', got {kind!r}")
+    return _finalize(out, body)
+
+
+def shift_blur(
+    image: np.ndarray,
+    labels: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    sigma: float = 1.0,
+    sigma_z: float = 0.0,
+) -> np.ndarray:
+    """Gaussian blur with std ``sigma`` voxels in-plane and ``sigma_z`` voxels across slices (lower resolution).
+
+    Normalised convolution inside the body (blur(I) / blur(body)), so the body does not darken towards the air and
+    air stays exactly 0.
+    """
+    body = image > 0
+    s = (float(sigma_z), float(sigma), float(sigma))
+    num = ndimage.gaussian_filter(image.astype(np.float64), s, mode="nearest")
+    den = ndimage.gaussian_filter(body.astype(np.float64), s, mode="nearest")
+    out = np.divide(num, den, out=np.zeros_like(num), where=den > 1e-6)
+    return _finalize(out, body)
+
+
+def shift_invert(image: np.ndarray, labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Intensity inversion inside the body (MR -> CT-like): I -> max + min - I over body voxels.
+
+    Reverses every intensity ordering; the body's intensity range is kept, air stays 0.
+    """
+    body = image > 0
+    if not body.any():
+        return image.astype(np.float32)
+    v = image[body].astype(np.float64)
+    out = v.max() + v.min() - image.astype(np.float64)
+    return _finalize(out, body)
+
+
+#: Registry of shifts: name -> f(image, labels, rng, **params) -> image. Defaults are in each function's signature.
+SHIFTS: dict[str, Callable[..., np.ndarray]] = {
+    "contrast": shift_contrast,
+    "bias_field": shift_bias_field,
+    "noise": shift_noise,
+    "blur": shift_blur,
+    "invert": shift_invert,
+}
+
+#: The target domain of the demo and the tests: T1-like contrast + coil bias field + Rician noise, applied in this
+#: (acquisition) order. The organ's intensity relation to its neighbours changes (it turns from the brightest class to
+#: slightly darker than tissue), while its outline stays visible as an edge.
+DEFAULT_SHIFT: tuple[str, ...] = ("contrast", "bias_field", "noise")
+
+#: A shift entry: a name from SHIFTS, or (name, {param: value}) to override that shift's defaults.
+ShiftLike = Union[str, tuple[str, Mapping[str, Any]]]
+
+
+def _normalize_shifts(shifts: Sequence[ShiftLike] | str) -> list[tuple[str, dict[str, Any]]]:
+    if isinstance(shifts, str):
+        shifts = (shifts,)
+    out = []
+    for s in shifts:
+        if isinstance(s, str):
+            name, params = s, {}
+        else:
+            name, params = s[0], dict(s[1])
+        if name not in SHIFTS:
+            raise KeyError(f"unknown shift {name!r}; known: {sorted(SHIFTS)}")
+        out.append((name, params))
+    return out
+
+
+def apply_shifts(
+    image: np.ndarray, labels: np.ndarray, rng: np.random.Generator, shifts: Sequence[ShiftLike] | str
+) -> np.ndarray:
+    """Apply ``shifts`` in the given order. Each entry is a name or (name, params). Labels are never modified."""
+    for name, params in _normalize_shifts(shifts):
+        image = SHIFTS[name](image, labels, rng, **params)
+    return image
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Phantom synthesis
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def case_rng(seed: int, index: int) -> np.random.Generator:
+    """The generator of case ``index`` of a split with ``seed``; independent of how many cases are written."""
+    return np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=(int(index),)))
+
+
+def _ellipsoid(
+    grid: tuple[np.ndarray, np.ndarray, np.ndarray],
+    center: Sequence[float],
+    semi: Sequence[float],
+    theta: float,
+) -> np.ndarray:
+    """Mask of an ellipsoid with semi-axes (z, u, v) in voxels, rotated by ``theta`` in the (y, x) plane."""
+    z, y, x = grid
+    dz, dy, dx = z - center[0], y - center[1], x - center[2]
+    c, s = np.cos(theta), np.sin(theta)
+    u = c * dy - s * dx
+    v = s * dy + c * dx
+    return (dz / semi[0]) ** 2 + (u / semi[1]) ** 2 + (v / semi[2]) ** 2 <= 1.0
+
+
+def _anatomy(rng: np.random.Generator, spec: PhantomSpec) -> tuple[np.ndarray, np.ndarray]:
+    """Class map (0 air, 1 tissue, 2 fat) of the body, and the label map (0, 1 organ, 2 lesion)."""
+    nz, ny, nx = spec.shape
+    grid = np.meshgrid(np.arange(nz), np.arange(ny), np.arange(nx), indexing="ij", sparse=True)
+    z, y, x = grid
+
+    # Body: elliptical cylinder, slightly narrower towards the first/last slice.
+    ry = rng.uniform(*spec.body_fill_yx[0]) * (ny - 1) / 2
+    rx = rng.uniform(*spec.body_fill_yx[1]) * (nx - 1) / 2
+    cy = (ny - 1) / 2 + rng.uniform(-1.5, 1.5)
+    cx = (nx - 1) / 2 + rng.uniform(-1.5, 1.5)
+    taper = 1.0 - 0.06 * ((z - (nz - 1) / 2) / max((nz - 1) / 2, 1)) ** 2
+    rr = ((y - cy) / (ry * taper)) ** 2 + ((x - cx) / (rx * taper)) ** 2
+    body = rr <= 1.0
+    t = rng.uniform(*spec.fat_thickness_px)
+    inner = ((y - cy) / (ry * taper - t)) ** 2 + ((x - cx) / (rx * taper - t)) ** 2 <= 1.0
+    tissue_cls = np.where(body, np.where(inner, 1, 2), 0).astype(np.uint8)
+
+    labels = np.zeros(spec.shape, dtype=np.uint8)
+
+    # Organ: ellipsoid inside the inner body (margin 2 voxels), covering only some slices.
+    allowed = ndimage.binary_erosion(inner, iterations=2)
+    dz_mm = spec.spacing[0]
+    max_az = max((nz - 2) / 2 - 0.5, 1.0)  # keep at least ~2 slices organ-free
+    organ = None
+    for _ in range(200):
+        ay, ax = rng.uniform(*spec.organ_semi_axes_px, size=2)
+        az = min(rng.uniform(*spec.organ_semi_axis_z_mm) / dz_mm, max_az)
+        theta = np.deg2rad(rng.uniform(-spec.organ_max_rotation_deg, spec.organ_max_rotation_deg))
+        czz = rng.uniform(az - 0.5, nz - 0.5 - az) if nz - 1 > 2 * az - 1 else (nz - 1) / 2
+        r = np.sqrt(rng.uniform(0, 1))
+        phi = rng.uniform(0, 2 * np.pi)
+        oy = cy + r * np.sin(phi) * max(ry - t - ay, 0)
+        ox = cx + r * np.cos(phi) * max(rx - t - ax, 0)
+        cand = _ellipsoid(grid, (czz, oy, ox), (az, ay, ax), theta)
+        zs = cand.any(axis=(1, 2))
+        if cand.any() and not (cand & ~allowed).any() and not zs.all():
+            organ = cand
+            break
+    if organ is None:  # tiny fields of view: a small centred organ
+        az = min(1.5, max_az)
+        organ = _ellipsoid(grid, ((nz - 1) / 2, cy, cx), (az, 5.0, 5.0), 0.0) & allowed
+        theta, czz, oy, ox, ay, ax = 0.0, (nz - 1) / 2, cy, cx, 5.0, 5.0
+    labels[organ] = 1
+
+    if spec.num_classes == 3:
+        lz = max(rng.uniform(*spec.lesion_semi_axis_z_mm) / dz_mm, 0.8)
+        ly, lx = rng.uniform(*spec.lesion_semi_axes_px, size=2)
+        # Offset inside the organ, in the organ's own frame.
+        du, dv = rng.uniform(-0.45, 0.45, size=2) * (ay, ax)
+        c, s = np.cos(theta), np.sin(theta)
+        lcy = oy + c * du + s * dv
+        lcx = ox - s * du + c * dv
+        lcz = czz + rng.uniform(-0.3, 0.3) * az
+        lesion = _ellipsoid(grid, (lcz, lcy, lcx), (lz, ly, lx), rng.uniform(0, np.pi)) & organ
+        if not lesion.any():  # cannot happen for sane specs; keep label 2 present anyway
+            lesion = _ellipsoid(grid, (czz, oy, ox), (1.0, 2.0, 2.0), 0.0) & organ
+        labels[lesion] = 2
+    return tissue_cls, labels
+
+
+def make_case(
+    rng: np.random.Generator, spec: PhantomSpec | None = None, shifts: Sequence[ShiftLike] | str = ()
+) -> tuple[np.ndarray, np.ndarray]:
+    """One phantom case: (float32 image, uint8 labels), both shaped ``spec.shape`` (z, y, x).
+
+    The image is the source-domain (T2-like) image, then ``shifts`` applied in order (see :data:`SHIFTS`). Air is exactly
+    0, body voxels are > 0. Labels: 0 background, 1 organ, 2 lesion (only if ``spec.num_classes == 3``).
+    """
+    spec = spec or PhantomSpec()
+    tissue_cls, labels = _anatomy(rng, spec)
+
+    lv = {k: float(v) * (1.0 + spec.level_jitter * rng.standard_normal()) for k, v in sorted(spec.levels.items())}
+    level_map = np.zeros(spec.shape, dtype=np.float64)
+    level_map[tissue_cls == 1] = lv["tissue"]
+    level_map[tissue_cls == 2] = lv["fat"]
+    level_map[labels == 1] = lv["organ"]
+    level_map[labels == 2] = lv["lesion"]
+
+    tex = ndimage.gaussian_filter(rng.standard_normal(spec.shape), spec.texture_sigma_vox, mode="wrap")
+    tex /= max(tex.std(), 1e-12)
+    mult = 1.0 + spec.texture_strength * tex + spec.fine_noise * rng.standard_normal(spec.shape)
+    body = tissue_cls > 0
+    image = _finalize(level_map * np.clip(mult, 0.2, None), body)
+
+    image = apply_shifts(image, labels, rng, shifts)
+    return image, labels
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Writing nnU-Net v2 raw datasets
+# --------------------------------------------------------------------------------------------------------------------
+
+LabelsDir = Union[Path, str, None]
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*$")
+
+
+def case_ids_for(name: str, num_cases: int) -> list[str]:
+    """Case identifiers ``{name.lower()}_{i:03d}``."""
+    return [f"{name.lower()}_{i:03d}" for i in range(num_cases)]
+
+
+def _to_sitk(arr: np.ndarray, spacing_zyx: Sequence[float]) -> sitk.Image:
+    img = sitk.GetImageFromArray(arr)  # numpy (z, y, x) -> SimpleITK (x, y, z)
+    img.SetSpacing(tuple(float(s) for s in reversed(tuple(spacing_zyx))))
+    img.SetOrigin((0.0, 0.0, 0.0))
+    img.SetDirection((1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
+    return img
+
+
+def write_cases(
+    images_dir: Path | str,
+    labels_dir: Path | str | None,
+    case_ids: Sequence[str],
+    *,
+    seed: int,
+    spec: PhantomSpec | None = None,
+    shifts: Sequence[ShiftLike] | str = (),
+    overwrite: bool = False,
+) -> list[Path]:
+    """Write cases as ``images_dir/{case}_0000.nii.gz`` and (unless ``labels_dir`` is None) ``labels_dir/{case}.nii.gz``.
+
+    Case ``i`` of ``case_ids`` is made from :func:`case_rng(seed, i) <case_rng>`. Refuses to replace an existing file
+    unless ``overwrite`` (FileExistsError naming it). Returns the image paths.
+    """
+    spec = spec or PhantomSpec()
+    images_dir = Path(images_dir)
+    labels_dir = None if labels_dir is None else Path(labels_dir)
+    targets = [(images_dir / f"{c}_0000.nii.gz", None if labels_dir is None else labels_dir / f"{c}.nii.gz") for c in case_ids]
+    if not overwrite:
+        for ip, lp in targets:
+            for p in (ip, lp):
+                if p is not None and p.exists():
+                    raise FileExistsError(f"refusing to overwrite existing file {p} (pass overwrite=True)")
+    images_dir.mkdir(parents=True, exist_ok=True)
+    if labels_dir is not None:
+        labels_dir.mkdir(parents=True, exist_ok=True)
+    for i, (ip, lp) in enumerate(targets):
+        image, labels = make_case(case_rng(seed, i), spec, shifts)
+        sitk.WriteImage(_to_sitk(image, spec.spacing), str(ip), useCompression=True)
+        if lp is not None:
+            sitk.WriteImage(_to_sitk(labels, spec.spacing), str(lp), useCompression=True)
+    return [ip for ip, _ in targets]
+
+
+def _shift_names(shifts: Sequence[ShiftLike] | str) -> list[Any]:
+    return [n if not p else [n, p] for n, p in _normalize_shifts(shifts)]
+
+
+def write_dataset(
+    raw_root: Path | str,
+    dataset_id: int,
+    name: str,
+    num_cases: int,
+    seed: int,
+    spec: PhantomSpec | None = None,
+    shifts: Sequence[ShiftLike] | str = (),
+    labels_dir: LabelsDir = "in_dataset",
+    overwrite: bool = False,
+) -> Path:
+    """Write an nnU-Net v2 raw dataset ``raw_root/Dataset{id:03d}_{name}`` and return its folder.
+
+    Images go to ``imagesTr/{case}_0000.nii.gz`` with case ids ``{name.lower()}_{i:03d}``, plus ``dataset.json``.
+
+    labels_dir:
+        ``"in_dataset"`` (default): a labelled dataset, labels in ``labelsTr/{case}.nii.gz``.
+        a path: an *unlabelled* dataset: no ``labelsTr``; labels are written to ``labels_dir/{case}.nii.gz``, which must
+        lie outside the dataset folder (so adaptation cannot see them).
+        ``None``: unlabelled, labels are not written anywhere.
+
+    Refuses (FileExistsError naming the path) if the dataset folder exists, unless ``overwrite=True``, which deletes
+    it first. Another folder with the same dataset id but a different name is always refused (nnU-Net would find two).
+    """
+    spec = spec or PhantomSpec()
+    if not (isinstance(dataset_id, (int, np.integer)) and 1 <= int(dataset_id) <= 999):
+        raise ValueError(f"dataset_id must be an int in 1..999, got {dataset_id!r}")
+    if not _NAME_RE.match(name):
+        raise ValueError(f"dataset name must be letters, digits, '_' or '-', got {name!r}")
+    if num_cases < 1:
+        raise ValueError("num_cases must be >= 1")
+    raw_root = Path(raw_root)
+    ds_dir = raw_root / f"Dataset{int(dataset_id):03d}_{name}"
+
+    if isinstance(labels_dir, str) and labels_dir == "in_dataset":
+        lab_dir: Path | None = ds_dir / "labelsTr"
+        labelled = True
+    elif labels_dir is None:
+        lab_dir, labelled = None, False
+    else:
+        lab_dir, labelled = Path(labels_dir), False
+        ds_res, lab_res = ds_dir.resolve(), lab_dir.resolve()
+        if lab_res == ds_res or ds_res in lab_res.parents:
+            raise ValueError(f"labels_dir {lab_dir} of an unlabelled dataset must lie outside {ds_dir}")
+
+    if raw_root.is_dir():
+        for other in raw_root.glob(f"Dataset{int(dataset_id):03d}_*"):
+            if other.name != ds_dir.name:
+                raise FileExistsError(f"dataset id {dataset_id} is already used by {other}")
+    if ds_dir.exists():
+        if not overwrite:
+            raise FileExistsError(f"dataset folder {ds_dir} already exists (pass overwrite=True to replace it)")
+        shutil.rmtree(ds_dir)
+
+    case_ids = case_ids_for(name, num_cases)
+    write_cases(ds_dir / "imagesTr", lab_dir, case_ids, seed=seed, spec=spec, shifts=shifts, overwrite=overwrite)
+
+    dataset_json = {
+        "name": name,
+        "description": "Synthetic SFDA phantom ("
+        + ("source domain" if not shifts else "shifted: " + ", ".join(n for n, _ in _normalize_shifts(shifts)))
+        + ")",
+        "channel_names": {"0": spec.channel_name},
+        "labels": spec.labels_dict,
+        "numTraining": int(num_cases),
+        "file_ending": ".nii.gz",
+        "sfda_phantom": {
+            "seed": int(seed),
+            "shifts": _shift_names(shifts),
+            "labelled": labelled,
+            "shape_zyx": list(spec.shape),
+            "spacing_zyx": list(spec.spacing),
+        },
+    }
+    (ds_dir / "dataset.json").write_text(json.dumps(dataset_json, indent=2))
+    return ds_dir
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Demo layout
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DemoLayout:
+    """Where :func:`make_demo_datasets` put everything."""
+
+    raw_root: Path
+    work_dir: Path
+    source_dataset_id: int
+    source_dataset_name: str  # e.g. "Dataset501_SFDADemoSource"
+    source_dir: Path  # labelled: imagesTr + labelsTr
+    target_dataset_id: int
+    target_dataset_name: str
+    target_dir: Path  # unlabelled: imagesTr only
+    target_labels_tr: Path  # labels of the target training cases, outside the raw dataset
+    target_test_images: Path  # {case}_0000.nii.gz, never used for training or adaptation
+    target_test_labels: Path  # {case}.nii.gz
+    source_case_ids: list[str]
+    target_case_ids: list[str]
+    target_test_case_ids: list[str]
+    shifts: tuple[Any, ...]
+    seed: int
+
+
+def _split_seed(seed: int, split: int) -> int:
+    return int(np.random.SeedSequence([int(seed), int(split)]).generate_state(1)[0])
+
+
+def make_demo_datasets(
+    raw_root: Path | str,
+    work_dir: Path | str,
+    seed: int = 0,
+    *,
+    spec: PhantomSpec | None = None,
+    shifts: Sequence[ShiftLike] | str = DEFAULT_SHIFT,
+    num_source: int = 12,
+    num_target: int = 10,
+    num_target_test: int = 6,
+    source_id: int = 501,
+    target_id: int = 502,
+    source_name: str = "SFDADemoSource",
+    target_name: str = "SFDADemoTarget",
+    overwrite: bool = False,
+) -> DemoLayout:
+    """Write the demo's source dataset (labelled), target dataset (unlabelled) and target test cases.
+
+    - ``raw_root/Dataset501_SFDADemoSource``: ``num_source`` labelled source (T2-like) cases.
+    - ``raw_root/Dataset502_SFDADemoTarget``: ``num_target`` shifted cases, no labelsTr; their labels go to
+      ``work_dir/target_labels_tr``.
+    - ``work_dir/target_test/images`` + ``work_dir/target_test/labels``: ``num_target_test`` further shifted cases.
+
+    Each split gets its own seed derived from ``seed``. With ``overwrite`` the two dataset folders and the two work_dir
+    folders are replaced; otherwise any of them existing raises FileExistsError.
+    """
+    spec = spec or PhantomSpec()
+    raw_root, work_dir = Path(raw_root), Path(work_dir)
+    labels_tr = work_dir / "target_labels_tr"
+    test_root = work_dir / "target_test"
+    for p in (labels_tr, test_root):
+        if p.exists():
+            if not overwrite:
+                raise FileExistsError(f"{p} already exists (pass overwrite=True to replace it)")
+            shutil.rmtree(p)
+
+    src_dir = write_dataset(
+        raw_root, source_id, source_name, num_source, _split_seed(seed, 0), spec, (), "in_dataset", overwrite
+    )
+    tgt_dir = write_dataset(
+        raw_root, target_id, target_name, num_target, _split_seed(seed, 1), spec, shifts, labels_tr, overwrite
+    )
+    test_ids = [f"{target_name.lower()}_test_{i:03d}" for i in range(num_target_test)]
+    write_cases(
+        test_root / "images", test_root / "labels", test_ids, seed=_split_seed(seed, 2), spec=spec, shifts=shifts
+    )
+    return DemoLayout(
+        raw_root=raw_root,
+        work_dir=work_dir,
+        source_dataset_id=source_id,
+        source_dataset_name=src_dir.name,
+        source_dir=src_dir,
+        target_dataset_id=target_id,
+        target_dataset_name=tgt_dir.name,
+        target_dir=tgt_dir,
+        target_labels_tr=labels_tr,
+        target_test_images=test_root / "images",
+        target_test_labels=test_root / "labels",
+        source_case_ids=case_ids_for(source_name, num_source),
+        target_case_ids=case_ids_for(target_name, num_target),
+        target_test_case_ids=test_ids,
+        shifts=tuple(_shift_names(shifts)),
+        seed=int(seed),
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m nnunet_sfda.benchmark.phantom RAW_ROOT WORK_DIR [--seed N] [--overwrite]``: write the demo data."""
+    p = argparse.ArgumentParser(description=main.__doc__)
+    p.add_argument("raw_root", type=Path)
+    p.add_argument("work_dir", type=Path)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true")
+    a = p.parse_args(argv)
+    layout = make_demo_datasets(a.raw_root, a.work_dir, a.seed, overwrite=a.overwrite)
+    for k, v in vars(layout).items():
+        print(f"{k}: {v}")
+
+
+if __name__ == "__main__":
+    main()

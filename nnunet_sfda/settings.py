@@ -1,0 +1,45 @@
+"""The ``nnUNet_sfda_*`` environment namespace: every tunable that the stock nnU-Net commands cannot pass.
+
+``nnUNetv2_train`` takes no extra arguments, so settings a user may want to sweep live here; choices that change what
+is trained (prior mode, entropy-only, ...) are named trainer subclasses instead, because nnU-Net names results
+folders by trainer class. Unset variables leave the trainer's defaults in place.
+
+| variable                             | meaning                                                        |
+|--------------------------------------|----------------------------------------------------------------|
+| ``nnUNet_sfda_seed``                 | seeds python, numpy and torch when training starts             |
+| ``nnUNet_sfda_prior``                | prior file to use instead of ``<preprocessed>/sfda_prior.json`` |
+| ``nnUNet_sfda_kl_weight``            | λ, weight of KL(predicted ratio ‖ prior ratio)                 |
+| ``nnUNet_sfda_lr``                   | initial learning rate                                          |
+| ``nnUNet_sfda_num_epochs``           | number of epochs                                               |
+| ``nnUNet_sfda_iterations_per_epoch`` | training iterations per epoch                                  |
+| ``nnUNet_sfda_val_iterations``       | label-free validation iterations per epoch                     |
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "nnUNet_sfda_"
+
+
+class SFDASettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, case_sensitive=True, extra="ignore")
+
+    seed: int | None = None
+    prior: Path | None = None
+    kl_weight: float | None = Field(default=None, ge=0)
+    lr: float | None = Field(default=None, gt=0)
+    num_epochs: int | None = Field(default=None, ge=1)
+    iterations_per_epoch: int | None = Field(default=None, ge=1)
+    val_iterations: int | None = Field(default=None, ge=0)
+
+
+def load_settings() -> SFDASettings:
+    """Read the namespace from the environment; a bad value names its variable and what was expected."""
+    try:
+        return SFDASettings()
+    except ValidationError as e:
+        problems = "; ".join(f"{ENV_PREFIX}{err['loc'][0]}: {err['msg']}" for err in e.errors())
+        raise ValueError(f"invalid nnU-Net SFDA environment setting: {problems}") from None

@@ -1,0 +1,16 @@
+"""nnU-Net trainers for source-free adaptation; found by the stock commands through ``nnUNet_extTrainer``."""
+from nnunet_sfda.trainers.sfda import nnUNetTrainerSFDA
+from nnunet_sfda.trainers.source import nnUNetTrainer_sfdaShort
+from nnunet_sfda.trainers.variants import (
+    nnUNetTrainerSFDA_batchMarginal,
+    nnUNetTrainerSFDA_entropyOnly,
+    nnUNetTrainerSFDA_perSample,
+)
+
+__all__ = [
+    "nnUNetTrainerSFDA",
+    "nnUNetTrainerSFDA_batchMarginal",
+    "nnUNetTrainerSFDA_entropyOnly",
+    "nnUNetTrainerSFDA_perSample",
+    "nnUNetTrainer_sfdaShort",
+]

@@ -1,0 +1,72 @@
+"""Shared fixtures: one tiny source model trained with the stock nnU-Net commands, reused by the slow tests."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+BIN = Path(sys.executable).parent
+
+
+def nnunet_env(root: Path, **extra: str) -> dict[str, str]:
+    """A subprocess environment with only nnU-Net's three folders (under ``root``) and CPU-friendly settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("nnUNet")}
+    env.update(nnUNet_raw=str(root / "raw"), nnUNet_preprocessed=str(root / "pre"), nnUNet_results=str(root / "res"),
+               nnUNet_def_n_proc="1", nnUNet_compile="f", **extra)
+    return env
+
+
+def run(cmd: list[str], env: dict[str, str], timeout: int = 900) -> subprocess.CompletedProcess:
+    exe = BIN / cmd[0]
+    proc = subprocess.run([str(exe) if exe.exists() else cmd[0], *cmd[1:]], env=env, capture_output=True, text=True,
+                          timeout=timeout)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+@dataclass(frozen=True)
+class SourceModel:
+    root: Path
+    model_folder: Path  # nnUNet_results/Dataset601_.../nnUNetTrainer_sfdaShort__nnUNetPlans__2d
+    source_dataset: str
+    target_raw: Path  # unlabelled target dataset (imagesTr only)
+    target_labels: Path  # labels of the target training cases, outside the raw folder
+    test_images: Path
+    test_labels: Path
+
+
+TRAIN_FAST = dict(nnUNet_n_proc_DA="0", nnUNet_sfda_num_epochs="1", nnUNet_sfda_iterations_per_epoch="4",
+                  nnUNet_sfda_val_iterations="1")
+
+
+@pytest.fixture(scope="session")
+def source_model(tmp_path_factory) -> SourceModel:
+    """Plan, preprocess and briefly train a 2d source model on a phantom; write an unlabelled shifted target.
+
+    The source's raw and preprocessed folders are deleted afterwards: a target site never has them.
+    """
+    from nnunet_sfda.benchmark.phantom import DEFAULT_SHIFT, PhantomSpec, write_cases, write_dataset
+
+    root = tmp_path_factory.mktemp("sfda")
+    spec = PhantomSpec(shape=(6, 48, 48))
+    raw = root / "raw"
+    src = write_dataset(raw, 601, "TestSource", 5, seed=1, spec=spec)
+    tgt = write_dataset(raw, 602, "TestTarget", 4, seed=2, spec=spec, shifts=DEFAULT_SHIFT,
+                        labels_dir=root / "target_labels")
+    write_cases(root / "test" / "images", root / "test" / "labels", ["test_000", "test_001"], seed=3, spec=spec,
+                shifts=DEFAULT_SHIFT)
+    env = nnunet_env(root)
+    run(["nnUNetv2_plan_and_preprocess", "-d", "601", "-c", "2d", "-np", "1"], env)
+    run(["nnUNetv2_train", "601", "2d", "all", "-tr", "nnUNetTrainer_sfdaShort", "-device", "cpu"],
+        {**env, **TRAIN_FAST})
+    model_folder = root / "res" / src.name / "nnUNetTrainer_sfdaShort__nnUNetPlans__2d"
+    assert (model_folder / "fold_all" / "checkpoint_final.pth").is_file()
+    shutil.rmtree(src)
+    shutil.rmtree(root / "pre" / src.name)
+    return SourceModel(root, model_folder, src.name, tgt, root / "target_labels", root / "test" / "images",
+                       root / "test" / "labels")

@@ -1,0 +1,103 @@
+"""The whole user workflow through the stock nnU-Net commands and ``nnunet-sfda``, each as a subprocess."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from conftest import nnunet_env, run
+
+pytestmark = pytest.mark.slow
+
+ADAPT_FAST = dict(nnUNet_n_proc_DA="0", nnUNet_sfda_num_epochs="2", nnUNet_sfda_iterations_per_epoch="3",
+                  nnUNet_sfda_val_iterations="1", nnUNet_sfda_seed="0")
+
+
+def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")
+            if p.is_file()}
+
+
+def weights(checkpoint: Path) -> dict[str, torch.Tensor]:
+    return torch.load(checkpoint, map_location="cpu", weights_only=False)["network_weights"]
+
+
+def copy_target(source_model, dataset_id: int, name: str, with_labels: bool) -> str:
+    """A new raw target dataset with the same images, optionally with its labels in labelsTr."""
+    folder = source_model.root / "raw" / f"Dataset{dataset_id:03d}_{name}"
+    shutil.copytree(source_model.target_raw, folder)
+    if with_labels:
+        shutil.copytree(source_model.target_labels, folder / "labelsTr")
+    return folder.name
+
+
+def adapt(source_model, dataset: str, extra_env: dict | None = None, *train_args: str):
+    env = nnunet_env(source_model.root)
+    run(["nnunet-sfda", "prepare-target", "-m", str(source_model.model_folder), "-d", dataset, "-c", "2d", "-np", "1"],
+        env)
+    run(["nnunet-sfda", "estimate-prior", "-d", dataset, "--ratios", "0.95", "0.05"], env)
+    return run(["nnUNetv2_train", dataset, "2d", "all", "-tr", "nnUNetTrainerSFDA", "-device", "cpu", *train_args],
+               {**env, **ADAPT_FAST, **(extra_env or {})})
+
+
+def test_prepare_adapt_predict(source_model):
+    root = source_model.root
+    target = source_model.target_raw.name
+    model_before, raw_before = snapshot(source_model.model_folder), snapshot(source_model.target_raw)
+
+    proc = adapt(source_model, target)
+    assert "starting from all source weights" in proc.stdout
+    fold = root / "res" / target / "nnUNetTrainerSFDA__nnUNetPlans__2d" / "fold_all"
+    for name in ("checkpoint_final.pth", "progress.png", "sfda_progress.png", "sfda_history.json"):
+        assert (fold / name).is_file(), name
+    assert not (fold / "checkpoint_best.pth").exists()  # nnU-Net would pick it by a label-based pseudo-Dice
+    history = json.loads((fold / "sfda_history.json").read_text())
+    assert len(history["epochs"]["train_entropy"]) == 2
+    assert history["labels"] == ["background", "organ"] and history["prior"] == pytest.approx([0.95, 0.05])
+
+    source = weights(source_model.model_folder / "fold_all" / "checkpoint_final.pth")
+    adapted = weights(fold / "checkpoint_final.pth")
+    assert source.keys() == adapted.keys()
+    changed = [k for k in source if not torch.equal(source[k], adapted[k])]
+    assert any(".seg_layers." in k for k in changed), "the segmentation head must be adapted too"
+
+    # --c resumes the adapted weights and never reloads the source over them
+    resumed = run(["nnUNetv2_train", target, "2d", "all", "-tr", "nnUNetTrainerSFDA", "-device", "cpu", "--c"],
+                  {**nnunet_env(root), **ADAPT_FAST, "nnUNet_sfda_num_epochs": "3"})
+    assert "starting from all source weights" not in resumed.stdout
+    assert len(json.loads((fold / "sfda_history.json").read_text())["epochs"]["train_entropy"]) == 3
+
+    out = root / "predictions"
+    run(["nnUNetv2_predict", "-i", str(source_model.test_images), "-o", str(out), "-d", target, "-c", "2d",
+         "-f", "all", "-tr", "nnUNetTrainerSFDA", "-device", "cpu", "--disable_tta", "-npp", "1", "-nps", "1"],
+        nnunet_env(root))
+    for image_file in sorted(source_model.test_images.glob("*_0000.nii.gz")):
+        image = sitk.ReadImage(str(image_file))
+        pred = sitk.ReadImage(str(out / image_file.name.replace("_0000", "")))
+        assert pred.GetSize() == image.GetSize()
+        assert np.allclose(pred.GetSpacing(), image.GetSpacing()) and np.allclose(pred.GetOrigin(), image.GetOrigin())
+        assert set(np.unique(sitk.GetArrayFromImage(pred))) <= {0, 1}
+
+    # nothing under the source dataset's name, nothing in the model folder or the raw target folder
+    assert [p.name for p in (root / "res" / source_model.source_dataset).iterdir()] == [source_model.model_folder.name]
+    assert not (root / "pre" / source_model.source_dataset).exists()
+    assert snapshot(source_model.model_folder) == model_before
+    assert snapshot(source_model.target_raw) == raw_before
+
+
+def test_adapted_weights_do_not_depend_on_target_labels(source_model):
+    unlabelled = copy_target(source_model, 603, "NoLabels", with_labels=False)
+    labelled = copy_target(source_model, 604, "WithLabels", with_labels=True)
+    log_without = adapt(source_model, unlabelled).stdout
+    log_with = adapt(source_model, labelled).stdout
+    assert "monitoring Dice" in log_with and "monitoring Dice" not in log_without
+
+    res = source_model.root / "res"
+    a = weights(res / unlabelled / "nnUNetTrainerSFDA__nnUNetPlans__2d" / "fold_all" / "checkpoint_final.pth")
+    b = weights(res / labelled / "nnUNetTrainerSFDA__nnUNetPlans__2d" / "fold_all" / "checkpoint_final.pth")
+    assert all(torch.equal(a[k], b[k]) for k in a)

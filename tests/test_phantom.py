@@ -1,0 +1,299 @@
+"""Tests of the synthetic phantom generator (numpy/SimpleITK only, a few seconds)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from nnunet_sfda.benchmark import phantom as ph
+from nnunet_sfda.benchmark.phantom import (
+    DEFAULT_SHIFT,
+    SHIFTS,
+    PhantomSpec,
+    case_rng,
+    make_case,
+    make_demo_datasets,
+    write_cases,
+    write_dataset,
+)
+
+
+def _case(seed=0, spec=None, shifts=()):
+    return make_case(np.random.default_rng(seed), spec or PhantomSpec(), shifts)
+
+
+def _grad_energy(img, mask):
+    """In-plane gradient energy inside ``mask``."""
+    return float(sum((g[mask] ** 2).sum() for g in np.gradient(img.astype(np.float64), axis=(1, 2))))
+
+
+def _flat_phantom(value=100.0):
+    """Constant-intensity disc in air, no labels: a flat region to measure noise on."""
+    img = np.zeros((4, 32, 32), np.float32)
+    yy, xx = np.mgrid[:32, :32]
+    img[:, (yy - 15.5) ** 2 + (xx - 15.5) ** 2 <= 12**2] = value
+    return img, np.zeros(img.shape, np.uint8)
+
+
+# ---------------------------------------------------------------------------------------------------- determinism
+
+
+@pytest.mark.parametrize("shifts", [(), DEFAULT_SHIFT, tuple(SHIFTS)])
+def test_same_seed_identical_different_seed_differs(shifts):
+    a_img, a_lab = _case(7, shifts=shifts)
+    b_img, b_lab = _case(7, shifts=shifts)
+    assert a_img.tobytes() == b_img.tobytes()
+    assert a_lab.tobytes() == b_lab.tobytes()
+    c_img, c_lab = _case(8, shifts=shifts)
+    assert a_img.tobytes() != c_img.tobytes()
+    assert a_lab.tobytes() != c_lab.tobytes()
+
+
+def test_case_rng_independent_of_number_of_cases(tmp_path):
+    a = write_cases(tmp_path / "a", None, ["x_000", "x_001"], seed=3)
+    b = write_cases(tmp_path / "b", None, ["x_000", "x_001", "x_002"], seed=3)
+    for pa, pb in zip(a, b):
+        assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(pa))), sitk.GetArrayFromImage(sitk.ReadImage(str(pb))))
+    i0, _ = make_case(case_rng(3, 0), PhantomSpec())
+    assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(a[0]))), i0)
+
+
+# ---------------------------------------------------------------------------------------------------- content
+
+
+@pytest.mark.parametrize("num_classes", [2, 3])
+def test_content_types_labels_and_slices(num_classes):
+    spec = PhantomSpec(num_classes=num_classes)
+    for seed in range(8):
+        img, lab = _case(seed, spec)
+        assert img.dtype == np.float32 and lab.dtype == np.uint8
+        assert img.shape == lab.shape == spec.shape
+        assert set(np.unique(lab)) == set(range(num_classes))
+        per_slice = (lab > 0).any(axis=(1, 2))
+        assert per_slice.any() and not per_slice.all(), "need slices with and without organ"
+        # Air (zero) exists and surrounds the body; the body is strictly positive; labels lie inside the body.
+        assert img.min() == 0.0 and (img == 0).mean() > 0.1 and (img > 0).mean() > 0.4
+        assert img[0, 0, 0] == 0 and img[-1, -1, -1] == 0
+        assert (img[lab > 0] > 0).all()
+        # Organ in-plane size: roughly 6-14 px semi-axes.
+        z = int(np.argmax((lab > 0).sum(axis=(1, 2))))
+        area = (lab[z] > 0).sum()
+        assert np.pi * 5**2 <= area <= np.pi * 15**2
+
+
+def test_source_is_t2_like_organ_brighter_than_tissue():
+    spec = PhantomSpec(num_classes=3)
+    for seed in range(5):
+        img, lab = _case(seed, spec)
+        organ = img[lab == 1]
+        tissue = img[(lab == 0) & (img > 0)]
+        # Tissue (median) vs organ: clearly separated, organ brighter.
+        assert np.median(organ) > 1.8 * np.median(tissue)
+        assert np.median(img[lab == 2]) < np.median(organ)
+
+
+def test_default_shift_reverses_organ_tissue_relation_but_keeps_edge():
+    for seed in range(5):
+        src, lab = _case(seed)
+        tgt, lab_t = _case(seed, shifts=DEFAULT_SHIFT)
+        assert np.array_equal(lab, lab_t), "shifts must never change labels"
+        assert np.array_equal(src == 0, tgt == 0), "air must stay exactly air"
+        organ, tissue = lab == 1, ph.ndimage.binary_dilation(lab == 1, iterations=4) & (lab == 0)
+        ratio = np.median(tgt[organ]) / np.median(tgt[tissue])
+        # Organ now darker than its neighbourhood, but still distinguishable (moderate shift).
+        assert 0.6 < ratio < 0.95
+
+
+def test_unknown_shift_and_bad_spec():
+    with pytest.raises(KeyError):
+        _case(0, shifts=("nope",))
+    with pytest.raises(ValueError):
+        PhantomSpec(num_classes=4)
+    with pytest.raises(ValueError):
+        PhantomSpec(shape=(12, 64))
+
+
+# ---------------------------------------------------------------------------------------------------- shifts
+
+
+def test_shift_registry_and_defaults():
+    assert set(SHIFTS) == {"contrast", "bias_field", "noise", "blur", "invert"}
+    assert set(DEFAULT_SHIFT) <= set(SHIFTS)
+
+
+@pytest.mark.parametrize("name", sorted(SHIFTS))
+def test_every_shift_keeps_air_zero_body_positive_and_labels(name):
+    img, lab = _case(1, PhantomSpec(num_classes=3))
+    lab0 = lab.copy()
+    out = SHIFTS[name](img, lab, np.random.default_rng(0))
+    assert out.dtype == np.float32 and out.shape == img.shape
+    assert np.array_equal(out == 0, img == 0)
+    assert (out[img > 0] > 0).all()
+    assert np.array_equal(lab, lab0)
+
+
+def test_invert_reverses_ordering():
+    img, lab = _case(2)
+    out = SHIFTS["invert"](img, lab, np.random.default_rng(0))
+    body = img > 0
+    tissue = body & (lab == 0)
+    assert np.median(img[lab == 1]) > np.median(img[tissue])
+    assert np.median(out[lab == 1]) < np.median(out[tissue])
+    # Exact reversal of every pairwise ordering inside the body, range kept.
+    assert np.allclose(out[body] + img[body], img[body].max() + img[body].min(), rtol=1e-5)
+
+
+def test_contrast_makes_organ_darker_than_tissue_with_reduced_contrast():
+    img, lab = _case(3)
+    out = SHIFTS["contrast"](img, lab, np.random.default_rng(0))
+    near = ph.ndimage.binary_dilation(lab == 1, iterations=3) & (lab == 0)
+    src_c = np.median(img[lab == 1]) - np.median(img[near])
+    tgt_c = np.median(out[lab == 1]) - np.median(out[near])
+    assert src_c > 0 > tgt_c
+    assert abs(tgt_c) < 0.5 * abs(src_c)
+
+
+@pytest.mark.parametrize("kind", ["rician", "gaussian"])
+def test_noise_raises_std_in_flat_region(kind):
+    img, lab = _flat_phantom()
+    out = SHIFTS["noise"](img, lab, np.random.default_rng(0), sigma=10.0, kind=kind)
+    inner = img > 0
+    assert img[inner].std() == 0
+    assert 8.0 < out[inner].std() < 12.0
+    assert (out[img == 0] == 0).all()
+
+
+def test_blur_lowers_gradient_energy_and_keeps_flat_region():
+    img, lab = _case(4)
+    out = SHIFTS["blur"](img, lab, np.random.default_rng(0), sigma=1.5)
+    interior = ph.ndimage.binary_erosion(img > 0, iterations=2)  # the body/air edge stays sharp by design
+    assert _grad_energy(out, interior) < 0.5 * _grad_energy(img, interior)
+    flat, flab = _flat_phantom()
+    fout = SHIFTS["blur"](flat, flab, np.random.default_rng(0), sigma=2.0)
+    # Normalised convolution: a flat body stays flat up to its edge (no darkening towards the air).
+    assert np.allclose(fout[flat > 0], 100.0, rtol=1e-4)
+
+
+def test_bias_field_is_smooth_multiplicative_with_bounded_strength():
+    img, lab = _flat_phantom()
+    out = SHIFTS["bias_field"](img, lab, np.random.default_rng(0), strength=0.3)
+    f = out[img > 0] / 100.0
+    assert f.min() >= np.exp(-0.3) - 1e-5 and f.max() <= np.exp(0.3) + 1e-5
+    assert f.max() / f.min() > 1.1  # it does something
+    # Smooth: neighbouring voxels differ by much less than the overall range.
+    field = np.where(img > 0, out / 100.0, np.nan)
+    assert np.nanmax(np.abs(np.diff(field, axis=2))) < 0.1 * (f.max() - f.min()) + 0.02
+
+
+def test_shift_params_override_and_order():
+    img0, lab0 = _case(5)
+    a, _ = _case(5, shifts=(("noise", {"sigma": 1.0}),))
+    b, _ = _case(5, shifts=(("noise", {"sigma": 50.0}),))
+    assert np.abs(a - img0).mean() < np.abs(b - img0).mean()
+    c, _ = _case(5, shifts="invert")
+    assert np.allclose(c, SHIFTS["invert"](img0, lab0, None))
+
+
+# ---------------------------------------------------------------------------------------------------- writing
+
+
+def test_nifti_spacing_roundtrip_axis_order(tmp_path):
+    spec = PhantomSpec(shape=(10, 40, 48), spacing=(3.0, 0.75, 0.5))
+    (ip,) = write_cases(tmp_path / "img", tmp_path / "lab", ["c_000"], seed=1, spec=spec)
+    for p in (ip, tmp_path / "lab" / "c_000.nii.gz"):
+        im = sitk.ReadImage(str(p))
+        assert im.GetSize() == (48, 40, 10)  # SimpleITK: (x, y, z)
+        assert np.allclose(im.GetSpacing(), (0.5, 0.75, 3.0))
+        assert sitk.GetArrayFromImage(im).shape == (10, 40, 48)
+    img, lab = make_case(case_rng(1, 0), spec)
+    assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(ip))), img)
+    assert sitk.ReadImage(str(ip)).GetPixelID() == sitk.sitkFloat32
+    lab_im = sitk.ReadImage(str(tmp_path / "lab" / "c_000.nii.gz"))
+    assert lab_im.GetPixelID() == sitk.sitkUInt8
+    assert np.array_equal(sitk.GetArrayFromImage(lab_im), lab)
+
+
+def test_write_labelled_dataset(tmp_path):
+    spec = PhantomSpec(num_classes=3)
+    d = write_dataset(tmp_path, 7, "Src", 3, seed=0, spec=spec)
+    assert d == tmp_path / "Dataset007_Src"
+    dj = json.loads((d / "dataset.json").read_text())
+    assert dj["channel_names"] == {"0": "T2"}
+    assert dj["labels"] == {"background": 0, "organ": 1, "lesion": 2}
+    assert dj["numTraining"] == 3
+    assert dj["file_ending"] == ".nii.gz"
+    assert sorted(p.name for p in (d / "imagesTr").iterdir()) == [f"src_{i:03d}_0000.nii.gz" for i in range(3)]
+    assert sorted(p.name for p in (d / "labelsTr").iterdir()) == [f"src_{i:03d}.nii.gz" for i in range(3)]
+    lab = sitk.GetArrayFromImage(sitk.ReadImage(str(d / "labelsTr" / "src_000.nii.gz")))
+    assert set(np.unique(lab)) <= {0, 1, 2}
+
+
+def test_write_unlabelled_target_dataset(tmp_path):
+    labs = tmp_path / "work" / "labels"
+    d = write_dataset(tmp_path / "raw", 8, "Tgt", 2, seed=1, shifts=DEFAULT_SHIFT, labels_dir=labs)
+    assert not (d / "labelsTr").exists()
+    assert sorted(p.name for p in labs.iterdir()) == ["tgt_000.nii.gz", "tgt_001.nii.gz"]
+    dj = json.loads((d / "dataset.json").read_text())
+    assert dj["numTraining"] == 2 and dj["labels"] == {"background": 0, "organ": 1}
+    # Labels on disk equal those of the shifted case; the image on disk is the shifted one.
+    img, lab = make_case(case_rng(1, 0), PhantomSpec(), DEFAULT_SHIFT)
+    assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(labs / "tgt_000.nii.gz"))), lab)
+    assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(d / "imagesTr" / "tgt_000_0000.nii.gz"))), img)
+    # Labels of an unlabelled dataset may not be put inside the dataset folder.
+    with pytest.raises(ValueError):
+        write_dataset(tmp_path / "raw", 9, "Bad", 1, seed=1, labels_dir=tmp_path / "raw" / "Dataset009_Bad" / "x")
+    # labels_dir=None: no labels anywhere.
+    d2 = write_dataset(tmp_path / "raw", 10, "NoLab", 1, seed=1, labels_dir=None)
+    assert sorted(p.name for p in d2.iterdir()) == ["dataset.json", "imagesTr"]
+
+
+def test_refuses_to_overwrite(tmp_path):
+    d = write_dataset(tmp_path, 11, "Once", 1, seed=0)
+    marker = d / "imagesTr" / "stale_0000.nii.gz"
+    marker.write_bytes(b"")
+    with pytest.raises(FileExistsError, match="Dataset011_Once"):
+        write_dataset(tmp_path, 11, "Once", 1, seed=0)
+    assert marker.exists()
+    with pytest.raises(FileExistsError, match="Dataset011_Once"):
+        write_dataset(tmp_path, 11, "Other", 1, seed=0, overwrite=True)  # same id, other name
+    d = write_dataset(tmp_path, 11, "Once", 2, seed=0, overwrite=True)
+    assert not marker.exists() and json.loads((d / "dataset.json").read_text())["numTraining"] == 2
+    (ip,) = write_cases(tmp_path / "ts", None, ["t_000"], seed=0)
+    with pytest.raises(FileExistsError, match="t_000_0000"):
+        write_cases(tmp_path / "ts", None, ["t_000"], seed=0)
+    write_cases(tmp_path / "ts", None, ["t_000"], seed=0, overwrite=True)
+
+
+def test_make_demo_datasets(tmp_path):
+    raw, work = tmp_path / "raw", tmp_path / "work"
+    lay = make_demo_datasets(raw, work, seed=0)
+    assert lay.source_dir == raw / "Dataset501_SFDADemoSource"
+    assert lay.target_dir == raw / "Dataset502_SFDADemoTarget"
+    assert lay.source_dataset_name == "Dataset501_SFDADemoSource" and lay.target_dataset_id == 502
+    assert len(list((lay.source_dir / "imagesTr").iterdir())) == len(list((lay.source_dir / "labelsTr").iterdir())) == 12
+    assert len(list((lay.target_dir / "imagesTr").iterdir())) == 10
+    assert not (lay.target_dir / "labelsTr").exists()
+    assert lay.target_labels_tr == work / "target_labels_tr"
+    assert sorted(p.name for p in lay.target_labels_tr.iterdir()) == [f"{c}.nii.gz" for c in lay.target_case_ids]
+    assert sorted(p.name for p in lay.target_test_images.iterdir()) == [
+        f"{c}_0000.nii.gz" for c in lay.target_test_case_ids
+    ]
+    assert sorted(p.name for p in lay.target_test_labels.iterdir()) == [f"{c}.nii.gz" for c in lay.target_test_case_ids]
+    assert len(lay.target_test_case_ids) == 6
+    # Splits use different seeds: no image repeats across source / target / test.
+    def arr(p):
+        return sitk.GetArrayFromImage(sitk.ReadImage(str(p)))
+
+    s0 = arr(lay.source_dir / "labelsTr" / f"{lay.source_case_ids[0]}.nii.gz")
+    t0 = arr(lay.target_labels_tr / f"{lay.target_case_ids[0]}.nii.gz")
+    e0 = arr(lay.target_test_labels / f"{lay.target_test_case_ids[0]}.nii.gz")
+    assert not np.array_equal(s0, t0) and not np.array_equal(t0, e0)
+    dj = json.loads((lay.target_dir / "dataset.json").read_text())
+    assert dj["sfda_phantom"]["labelled"] is False and dj["sfda_phantom"]["shifts"] == list(DEFAULT_SHIFT)
+    with pytest.raises(FileExistsError):
+        make_demo_datasets(raw, work, seed=0)
+    lay2 = make_demo_datasets(raw, work, seed=0, overwrite=True)
+    assert np.array_equal(arr(lay2.target_labels_tr / f"{lay.target_case_ids[0]}.nii.gz"), t0)
