@@ -32,7 +32,7 @@ def run(cmd: list[str], env: dict[str, str], timeout: int = 900) -> subprocess.C
 @dataclass(frozen=True)
 class SourceModel:
     root: Path
-    model_folder: Path  # nnUNet_results/Dataset601_.../nnUNetTrainer_sfdaShort__nnUNetPlans__2d
+    model_folder: Path  # nnUNet_results/Dataset601_.../nnUNetTrainer_sfdaShort__nnUNetPlans__2d (3d_fullres beside it)
     source_dataset: str
     target_raw: Path  # unlabelled target dataset (imagesTr only)
     target_labels: Path  # labels of the target training cases, outside the raw folder
@@ -61,9 +61,10 @@ def source_model(tmp_path_factory) -> SourceModel:
     write_cases(root / "test" / "images", root / "test" / "labels", ["test_000", "test_001"], seed=3, spec=spec,
                 shifts=DEFAULT_SHIFT)
     env = nnunet_env(root)
-    run(["nnUNetv2_plan_and_preprocess", "-d", "601", "-c", "2d", "-np", "1"], env)
-    run(["nnUNetv2_train", "601", "2d", "all", "-tr", "nnUNetTrainer_sfdaShort", "-device", "cpu"],
-        {**env, **TRAIN_FAST})
+    run(["nnUNetv2_plan_and_preprocess", "-d", "601", "-c", "2d", "3d_fullres", "-np", "1"], env)
+    for configuration in ("2d", "3d_fullres"):
+        run(["nnUNetv2_train", "601", configuration, "all", "-tr", "nnUNetTrainer_sfdaShort", "-device", "cpu"],
+            {**env, **TRAIN_FAST})
     model_folder = root / "res" / src.name / "nnUNetTrainer_sfdaShort__nnUNetPlans__2d"
     assert (model_folder / "fold_all" / "checkpoint_final.pth").is_file()
     shutil.rmtree(src)

@@ -84,7 +84,8 @@ def test_prepare_adapt_predict(source_model):
         assert set(np.unique(sitk.GetArrayFromImage(pred))) <= {0, 1}
 
     # nothing under the source dataset's name, nothing in the model folder or the raw target folder
-    assert [p.name for p in (root / "res" / source_model.source_dataset).iterdir()] == [source_model.model_folder.name]
+    assert sorted(p.name for p in (root / "res" / source_model.source_dataset).iterdir()) == [
+        source_model.model_folder.name, source_model.model_folder.name.replace("__2d", "__3d_fullres")]
     assert not (root / "pre" / source_model.source_dataset).exists()
     assert snapshot(source_model.model_folder) == model_before
     assert snapshot(source_model.target_raw) == raw_before
@@ -101,3 +102,19 @@ def test_adapted_weights_do_not_depend_on_target_labels(source_model):
     a = weights(res / unlabelled / "nnUNetTrainerSFDA__nnUNetPlans__2d" / "fold_all" / "checkpoint_final.pth")
     b = weights(res / labelled / "nnUNetTrainerSFDA__nnUNetPlans__2d" / "fold_all" / "checkpoint_final.pth")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_3d_fullres_adapts_batch_marginal_by_default(source_model):
+    target = copy_target(source_model, 605, "ThreeD", with_labels=False)
+    env = nnunet_env(source_model.root)
+    results_dataset_folder = source_model.model_folder.parent  # holds the 2d and the 3d_fullres model
+    run(["nnunet-sfda", "prepare-target", "-m", str(results_dataset_folder), "-d", target, "-c", "3d_fullres", "-np", "1"],
+        env)
+    run(["nnunet-sfda", "estimate-prior", "-d", target, "--ratios", "0.95", "0.05"], env)
+    proc = run(["nnUNetv2_train", target, "3d_fullres", "all", "-tr", "nnUNetTrainerSFDA", "-device", "cpu"],
+               {**env, **ADAPT_FAST, "nnUNet_sfda_num_epochs": "1"})
+    assert "mode batch_marginal" in proc.stdout
+    out = source_model.root / "pred3d"
+    run(["nnUNetv2_predict", "-i", str(source_model.test_images), "-o", str(out), "-d", target, "-c", "3d_fullres",
+         "-f", "all", "-tr", "nnUNetTrainerSFDA", "-device", "cpu", "--disable_tta", "-npp", "1", "-nps", "1"], env)
+    assert len(list(out.glob("*.nii.gz"))) == len(list(source_model.test_images.glob("*.nii.gz")))

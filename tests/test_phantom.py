@@ -25,6 +25,10 @@ def _case(seed=0, spec=None, shifts=()):
     return make_case(np.random.default_rng(seed), spec or PhantomSpec(), shifts)
 
 
+def _read(path):
+    return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+
+
 def _grad_energy(img, mask):
     """In-plane gradient energy inside ``mask``."""
     return float(sum((g[mask] ** 2).sum() for g in np.gradient(img.astype(np.float64), axis=(1, 2))))
@@ -56,9 +60,9 @@ def test_case_rng_independent_of_number_of_cases(tmp_path):
     a = write_cases(tmp_path / "a", None, ["x_000", "x_001"], seed=3)
     b = write_cases(tmp_path / "b", None, ["x_000", "x_001", "x_002"], seed=3)
     for pa, pb in zip(a, b):
-        assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(pa))), sitk.GetArrayFromImage(sitk.ReadImage(str(pb))))
+        assert np.array_equal(_read(pa), _read(pb))
     i0, _ = make_case(case_rng(3, 0), PhantomSpec())
-    assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(a[0]))), i0)
+    assert np.array_equal(_read(a[0]), i0)
 
 
 # ---------------------------------------------------------------------------------------------------- content
@@ -95,16 +99,23 @@ def test_source_is_t2_like_organ_brighter_than_tissue():
         assert np.median(img[lab == 2]) < np.median(organ)
 
 
-def test_default_shift_reverses_organ_tissue_relation_but_keeps_edge():
-    for seed in range(5):
+def test_default_shift_is_moderate():
+    """Labels and air unchanged; organ contrast to nearby tissue shrinks but stays visible; fat catches up."""
+    for seed in range(6):
         src, lab = _case(seed)
         tgt, lab_t = _case(seed, shifts=DEFAULT_SHIFT)
         assert np.array_equal(lab, lab_t), "shifts must never change labels"
         assert np.array_equal(src == 0, tgt == 0), "air must stay exactly air"
-        organ, tissue = lab == 1, ph.ndimage.binary_dilation(lab == 1, iterations=4) & (lab == 0)
-        ratio = np.median(tgt[organ]) / np.median(tgt[tissue])
-        # Organ now darker than its neighbourhood, but still distinguishable (moderate shift).
-        assert 0.6 < ratio < 0.95
+        organ = lab == 1
+        near = ph.ndimage.binary_dilation(organ, iterations=3) & (lab == 0)
+        fat = (src > 0) & ~ph.ndimage.binary_erosion(src > 0, np.ones((1, 3, 3)))  # 1-voxel outer rim: fat
+        src_ratio = np.median(src[organ]) / np.median(src[near])
+        tgt_ratio = np.median(tgt[organ]) / np.median(tgt[near])
+        assert src_ratio > 2.0
+        assert 1.05 < tgt_ratio < 0.85 * src_ratio, (tgt_ratio, src_ratio)
+        organ_to_fat_src = np.median(src[organ]) / np.median(src[fat])
+        organ_to_fat_tgt = np.median(tgt[organ]) / np.median(tgt[fat])
+        assert organ_to_fat_src > 1 and organ_to_fat_tgt < 0.85 * organ_to_fat_src
 
 
 def test_unknown_shift_and_bad_spec():
@@ -146,14 +157,23 @@ def test_invert_reverses_ordering():
     assert np.allclose(out[body] + img[body], img[body].max() + img[body].min(), rtol=1e-5)
 
 
-def test_contrast_makes_organ_darker_than_tissue_with_reduced_contrast():
+def test_contrast_full_strength_makes_organ_darker_than_tissue_with_reduced_contrast():
     img, lab = _case(3)
-    out = SHIFTS["contrast"](img, lab, np.random.default_rng(0))
+    out = SHIFTS["contrast"](img, lab, np.random.default_rng(0), strength=1.0)
     near = ph.ndimage.binary_dilation(lab == 1, iterations=3) & (lab == 0)
     src_c = np.median(img[lab == 1]) - np.median(img[near])
     tgt_c = np.median(out[lab == 1]) - np.median(out[near])
     assert src_c > 0 > tgt_c
     assert abs(tgt_c) < 0.5 * abs(src_c)
+    # strength 0 without jitter is the identity (up to float32 rounding).
+    same = SHIFTS["contrast"](img, lab, np.random.default_rng(0), strength=0.0, jitter=0.0)
+    assert np.allclose(same, img, rtol=1e-5)
+    # Contrast shrinks monotonically with strength.
+    cs = []
+    for st in (0.0, 0.3, 0.6, 0.9):
+        o = SHIFTS["contrast"](img, lab, np.random.default_rng(0), strength=st, jitter=0.0)
+        cs.append(np.median(o[lab == 1]) - np.median(o[near]))
+    assert all(x > y for x, y in zip(cs, cs[1:]))
 
 
 @pytest.mark.parametrize("kind", ["rician", "gaussian"])
@@ -273,7 +293,8 @@ def test_make_demo_datasets(tmp_path):
     assert lay.source_dir == raw / "Dataset501_SFDADemoSource"
     assert lay.target_dir == raw / "Dataset502_SFDADemoTarget"
     assert lay.source_dataset_name == "Dataset501_SFDADemoSource" and lay.target_dataset_id == 502
-    assert len(list((lay.source_dir / "imagesTr").iterdir())) == len(list((lay.source_dir / "labelsTr").iterdir())) == 12
+    assert len(list((lay.source_dir / "imagesTr").iterdir())) == 12
+    assert len(list((lay.source_dir / "labelsTr").iterdir())) == 12
     assert len(list((lay.target_dir / "imagesTr").iterdir())) == 10
     assert not (lay.target_dir / "labelsTr").exists()
     assert lay.target_labels_tr == work / "target_labels_tr"
@@ -297,3 +318,11 @@ def test_make_demo_datasets(tmp_path):
         make_demo_datasets(raw, work, seed=0)
     lay2 = make_demo_datasets(raw, work, seed=0, overwrite=True)
     assert np.array_equal(arr(lay2.target_labels_tr / f"{lay.target_case_ids[0]}.nii.gz"), t0)
+
+
+def test_make_demo_datasets_checks_everything_before_writing(tmp_path):
+    raw, work = tmp_path / "raw", tmp_path / "work"
+    (work / "target_test").mkdir(parents=True)
+    with pytest.raises(FileExistsError, match="target_test"):
+        make_demo_datasets(raw, work, seed=0)
+    assert not (raw / "Dataset501_SFDADemoSource").exists()

@@ -1,0 +1,117 @@
+#!/usr/bin/env python
+"""Adaptation settings side by side on a finished demo: Dice on held-out target cases per setting and per epoch.
+
+Each setting is a trainer class plus ``nnUNet_sfda_*`` environment values. Every run starts from the demo's source
+model on the demo's prepared target (same seed), then predicts the held-out target test cases; the monitoring Dice
+per epoch comes from a labelled twin of the target dataset (same images, labelsTr present), which the trainer only
+logs. Results folders are per trainer class, so runs go one after another and each run's history is kept in
+``DEMO/sweeps/<name>/``.
+
+    python scripts/sweep_adaptation.py --demo-dir sfda_demo \
+        --setting lr1e-3:nnUNetTrainerSFDA:lr=1e-3 --setting lr1e-2:nnUNetTrainerSFDA:lr=1e-2
+
+A setting is NAME:TRAINER[:key=value,...] where keys are nnUNet_sfda_* suffixes (lr, kl_weight, num_epochs,
+iterations_per_epoch, prior). Prints one table at the end and writes DEMO/sweeps/summary.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from nnunet_sfda.benchmark.demo import CONFIGURATION, mean_foreground_dice
+
+TWIN_ID = 599
+
+
+def _env(demo: Path, extra: dict[str, str]) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("nnUNet_sfda_")}
+    env.update(nnUNet_raw=str(demo / "nnUNet_raw"), nnUNet_preprocessed=str(demo / "nnUNet_preprocessed"),
+               nnUNet_results=str(demo / "nnUNet_results"), nnUNet_n_proc_DA="0", nnUNet_compile="f",
+               nnUNet_sfda_seed="0", **{f"nnUNet_sfda_{k}": v for k, v in extra.items()})
+    return env
+
+
+def _run(cmd: list[str], env: dict[str, str], log: Path) -> None:
+    exe = Path(sys.executable).parent / cmd[0]
+    with open(log, "w") as f:
+        code = subprocess.run([str(exe) if exe.exists() else cmd[0], *cmd[1:]], env=env, stdout=f,
+                              stderr=subprocess.STDOUT).returncode
+    if code != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed; see {log}")
+
+
+def _labelled_twin(demo: Path, target: str, source_model: Path, prior: Path) -> str:
+    """Dataset599: the demo target's images with labelsTr, prepared like the target, for the monitoring Dice."""
+    name = f"Dataset{TWIN_ID}_SweepTwin"
+    raw = demo / "nnUNet_raw" / name
+    if not raw.exists():
+        shutil.copytree(demo / "nnUNet_raw" / target, raw)
+        shutil.copytree(demo / "target_labels_tr", raw / "labelsTr")
+        env = _env(demo, {})
+        _run(["nnunet-sfda", "prepare-target", "-m", str(source_model), "-d", name, "-c", CONFIGURATION, "-np", "1",
+              "--prior", str(prior)], env, demo / "logs" / "sweep_prepare_twin.log")
+    return name
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--demo-dir", type=Path, required=True)
+    parser.add_argument("--setting", action="append", required=True, help="NAME:TRAINER[:key=value,...]")
+    parser.add_argument("-device", default="cpu")
+    args = parser.parse_args(argv)
+    demo = args.demo_dir.resolve()
+    results = json.loads((demo / "demo_results.json").read_text())
+    pre = demo / "nnUNet_preprocessed"
+    target = next(p.name for p in pre.iterdir() if (p / "sfda_target.json").is_file() and "SweepTwin" not in p.name)
+    record = json.loads((pre / target / "sfda_target.json").read_text())["configurations"][CONFIGURATION]
+    twin = _labelled_twin(demo, target, Path(record["model_folder"]), pre / target / "sfda_prior.json")
+    test_images, test_labels = demo / "target_test" / "images", demo / "target_test" / "labels"
+    cases = results["test_cases"]
+    num_classes = len(json.loads((pre / target / "dataset.json").read_text())["labels"])
+
+    summary = {"source_only": {"test_dice": results["source_only_dice"]}}
+    for spec in args.setting:
+        name, trainer, *rest = spec.split(":")
+        extra = dict(kv.split("=", 1) for kv in rest[0].split(",")) if rest else {}
+        out = demo / "sweeps" / name
+        if out.exists():
+            shutil.rmtree(out)
+        out.mkdir(parents=True)
+        env = _env(demo, extra)
+        print(f"[{name}] {trainer} {extra}", flush=True)
+        folder = demo / "nnUNet_results" / twin / f"{trainer}__nnUNetPlans__{CONFIGURATION}"
+        shutil.rmtree(folder, ignore_errors=True)
+        _run(["nnUNetv2_train", twin, CONFIGURATION, "all", "-tr", trainer, "-device", args.device], env,
+             out / "train.log")
+        _run(["nnUNetv2_predict", "-i", str(test_images), "-o", str(out / "pred"), "-d", twin, "-c", CONFIGURATION,
+              "-f", "all", "-tr", trainer, "-device", args.device, "--disable_tta", "-npp", "1", "-nps", "1"],
+             env, out / "predict.log")
+        history = json.loads((folder / "fold_all" / "sfda_history.json").read_text())
+        shutil.copy(folder / "fold_all" / "sfda_history.json", out)
+        shutil.copy(folder / "fold_all" / "sfda_progress.png", out)
+        its = int(extra.get("iterations_per_epoch", 25))
+        summary[name] = {"trainer": trainer, "settings": extra,
+                         "test_dice": mean_foreground_dice(out / "pred", test_labels, cases, num_classes),
+                         "iterations_per_epoch": its,
+                         "monitoring_dice_per_epoch": [d[0] if d else None for d in history["epochs"]["monitoring_dice"]]}
+        print(f"    test Dice {summary[name]['test_dice']:.3f}; monitoring Dice per epoch "
+              f"{[round(d, 3) for d in summary[name]['monitoring_dice_per_epoch']]}", flush=True)
+    (demo / "sweeps" / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(f"\n{'setting':<22} {'test Dice':>9}  monitoring Dice by epoch (iterations)")
+    print(f"{'source_only':<22} {summary['source_only']['test_dice']:>9.3f}")
+    for name, s in summary.items():
+        if name == "source_only":
+            continue
+        curve = "  ".join(f"{(i + 1) * s['iterations_per_epoch']}:{d:.3f}" for i, d in
+                          enumerate(s["monitoring_dice_per_epoch"]))
+        print(f"{name:<22} {s['test_dice']:>9.3f}  {curve}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
