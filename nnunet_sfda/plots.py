@@ -14,6 +14,12 @@ def plot_sfda_history(history: dict[str, list], labels: Sequence[str], prior: Se
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    # nnU-Net's progress.png sets seaborn's global font scale 2.5; draw with matplotlib's defaults instead
+    with plt.style.context("default"):
+        return _draw(plt, history, labels, prior, Path(path))
+
+
+def _draw(plt, history: dict[str, list], labels: Sequence[str], prior: Sequence[float], path: Path) -> Path:
     epochs = np.arange(len(history.get("train_loss", [])))
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
     ax = axes[0]
@@ -45,7 +51,6 @@ def plot_sfda_history(history: dict[str, list], labels: Sequence[str], prior: Se
         ax.set_title("monitoring Dice")
     ax.set(xlabel="epoch")
     fig.tight_layout()
-    path = Path(path)
     fig.savefig(path, dpi=80)
     plt.close(fig)
     return path

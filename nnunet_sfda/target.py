@@ -310,6 +310,8 @@ def _preprocess_case(args: tuple) -> None:
         # nnU-Net's loader reads class_locations; adaptation never samples by label, so they stay empty
         label_manager = plans_manager.get_label_manager(dataset_json)
         properties["class_locations"] = {label: [] for label in label_manager.foreground_labels}
+        if label_manager.has_ignore_label:  # the loader looks this key up for datasets with an ignore label
+            properties["class_locations"][tuple([-1] + label_manager.all_labels)] = []
     data = data.astype(np.float32, copy=False)
     seg = seg.astype(np.int16, copy=False)
     patch = tuple(configuration_manager.patch_size)

@@ -100,7 +100,7 @@ def test_source_is_t2_like_organ_brighter_than_tissue():
 
 
 def test_default_shift_is_moderate():
-    """Labels and air unchanged; organ contrast to nearby tissue shrinks but stays visible; fat catches up."""
+    """Labels and air unchanged; organ contrast to nearby tissue shrinks but the organ stays the brightest."""
     for seed in range(6):
         src, lab = _case(seed)
         tgt, lab_t = _case(seed, shifts=DEFAULT_SHIFT)
@@ -112,10 +112,8 @@ def test_default_shift_is_moderate():
         src_ratio = np.median(src[organ]) / np.median(src[near])
         tgt_ratio = np.median(tgt[organ]) / np.median(tgt[near])
         assert src_ratio > 2.0
-        assert 1.05 < tgt_ratio < 0.85 * src_ratio, (tgt_ratio, src_ratio)
-        organ_to_fat_src = np.median(src[organ]) / np.median(src[fat])
-        organ_to_fat_tgt = np.median(tgt[organ]) / np.median(tgt[fat])
-        assert organ_to_fat_src > 1 and organ_to_fat_tgt < 0.85 * organ_to_fat_src
+        assert 1.05 < tgt_ratio < 0.7 * src_ratio, (tgt_ratio, src_ratio)
+        assert np.median(src[organ]) > np.median(src[fat]) and np.median(tgt[organ]) > 0.9 * np.median(tgt[fat])
 
 
 def test_unknown_shift_and_bad_spec():
@@ -132,7 +130,7 @@ def test_unknown_shift_and_bad_spec():
 
 def test_shift_registry_and_defaults():
     assert set(SHIFTS) == {"contrast", "bias_field", "noise", "blur", "invert"}
-    assert set(DEFAULT_SHIFT) <= set(SHIFTS)
+    assert {s if isinstance(s, str) else s[0] for s in DEFAULT_SHIFT} <= set(SHIFTS)
 
 
 @pytest.mark.parametrize("name", sorted(SHIFTS))
@@ -313,7 +311,7 @@ def test_make_demo_datasets(tmp_path):
     e0 = arr(lay.target_test_labels / f"{lay.target_test_case_ids[0]}.nii.gz")
     assert not np.array_equal(s0, t0) and not np.array_equal(t0, e0)
     dj = json.loads((lay.target_dir / "dataset.json").read_text())
-    assert dj["sfda_phantom"]["labelled"] is False and dj["sfda_phantom"]["shifts"] == list(DEFAULT_SHIFT)
+    assert dj["sfda_phantom"]["labelled"] is False and dj["sfda_phantom"]["shifts"] == json.loads(json.dumps(list(DEFAULT_SHIFT)))
     with pytest.raises(FileExistsError):
         make_demo_datasets(raw, work, seed=0)
     lay2 = make_demo_datasets(raw, work, seed=0, overwrite=True)

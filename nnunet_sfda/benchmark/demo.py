@@ -83,6 +83,10 @@ class _Runner:
         print(f"      done in {time.monotonic() - t0:.0f} s (total {time.monotonic() - self.start:.0f} s)", flush=True)
 
 
+def _describe(shifts) -> str:
+    return ", ".join(s if isinstance(s, str) else f"{s[0]} {s[1]}" for s in shifts)
+
+
 def _tool(name: str) -> str:
     """A console script of this environment (the demo may run without the venv being activated)."""
     candidate = Path(sys.executable).parent / name
@@ -108,7 +112,7 @@ def run_demo(work: Path, overwrite: bool = False, device: str = "cpu", seed: int
     layout: DemoLayout = make_demo_datasets(raw, work, seed=seed)
     print(f"      generated {len(layout.source_case_ids)} labelled source cases, {len(layout.target_case_ids)} "
           f"unlabelled target cases and {len(layout.target_test_case_ids)} target test cases "
-          f"(shift: {', '.join(map(str, layout.shifts))})", flush=True)
+          f"(shift: {_describe(layout.shifts)})", flush=True)
     src, tgt = str(layout.source_dataset_id), str(layout.target_dataset_id)
     num_classes = len(json.loads((layout.source_dir / "dataset.json").read_text())["labels"])
     runner = _Runner(work, env, total_steps=7)
@@ -145,7 +149,7 @@ def run_demo(work: Path, overwrite: bool = False, device: str = "cpu", seed: int
     seconds = time.monotonic() - runner.start
     results_file = work / "demo_results.json"
     results_file.write_text(json.dumps({"source_only_dice": before, "adapted_dice": after, "seconds": seconds,
-                                        "test_cases": cases, "shift": list(map(str, layout.shifts))}, indent=2))
+                                        "test_cases": cases, "shift": list(layout.shifts)}, indent=2))
     print(f"\nMean foreground Dice on {len(cases)} held-out target test cases:")
     print(f"  source only : {before:.3f}")
     print(f"  adapted     : {after:.3f}   ({after - before:+.3f})")

@@ -15,7 +15,8 @@ Choices, and why:
   resampling). Resampling keeps fractions; the crop removes only air, which the prior's background must not count.
 - **Prior mode**: ``per_sample`` compares each image's predicted ratio with its own prior (per-slice, else per-case,
   else dataset ratio); ``batch_marginal`` compares the batch's mean prediction with the dataset ratio. The default
-  (``prior_mode = None``) is per-sample in 2d and batch-marginal in 3d, where patches are crops of the volume.
+  (``prior_mode = None``) is per-sample in 2d when the prior file has per-slice ratios, batch-marginal otherwise
+  (3d patches are crops of the volume; a dataset ratio says nothing about one slice).
 """
 from __future__ import annotations
 
@@ -44,7 +45,7 @@ HISTORY_FILE_NAME = "sfda_history.json"
 class nnUNetTrainerSFDA(nnUNetTrainer):
     """AdaMI: class-weighted entropy + λ·KL(predicted class ratio ‖ prior class ratio), no source data."""
 
-    prior_mode: str | None = None  # None: per_sample in 2d, batch_marginal in 3d
+    prior_mode: str | None = None  # None: see resolved_prior_mode
     kl_weight: float = 1.0
     accepts_true_size_prior: bool = False  # priors measured on target labels are for analysis variants only
 
@@ -71,11 +72,19 @@ class nnUNetTrainerSFDA(nnUNetTrainer):
     # ---------------------------------------------------------------------------------------------- setup
     @property
     def resolved_prior_mode(self) -> str:
+        """The class's mode, else per-sample where the prior knows each sample's ratio (2d + per-slice ratios).
+
+        A dataset or per-case ratio says nothing about one slice or one 3d crop: compared per sample it pushes the
+        structure into slices that lack it, while the batch's mean prediction does estimate it.
+        """
         if self.prior_mode is not None:
             return self.prior_mode
-        return "per_sample" if len(self.configuration_manager.patch_size) == 2 else "batch_marginal"
+        is_2d = len(self.configuration_manager.patch_size) == 2
+        has_slice_ratios = self.sfda_prior is not None and bool(self.sfda_prior.per_slice)
+        return "per_sample" if is_2d and has_slice_ratios else "batch_marginal"
 
     def _build_loss(self):
+        # built again in on_train_start, once the prior (which the default mode depends on) is loaded
         return AdaMILoss(kl_weight=self.kl_weight, prior_mode=self.resolved_prior_mode)
 
     def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
@@ -127,6 +136,7 @@ class nnUNetTrainerSFDA(nnUNetTrainer):
         self._monitoring_labels = read_source_checkpoint(self.preprocessed_dataset_folder_base,
                                                          self.configuration_name).has_monitoring_labels
         super().on_train_start()
+        self.loss = self._build_loss()
         if self.current_epoch == 0:
             self._load_source_weights()
         else:  # resumed with --c: keep the adapted weights; continue the history up to the resumed epoch
