@@ -2,6 +2,7 @@
 from nnunet_sfda.trainers.sfda import nnUNetTrainerSFDA
 from nnunet_sfda.trainers.source import nnUNetTrainer_sfdaShort
 from nnunet_sfda.trainers.variants import (
+    nnUNetTrainerSFDA_Adam,
     nnUNetTrainerSFDA_batchMarginal,
     nnUNetTrainerSFDA_entropyOnly,
     nnUNetTrainerSFDA_perSample,
@@ -9,6 +10,7 @@ from nnunet_sfda.trainers.variants import (
 
 __all__ = [
     "nnUNetTrainerSFDA",
+    "nnUNetTrainerSFDA_Adam",
     "nnUNetTrainerSFDA_batchMarginal",
     "nnUNetTrainerSFDA_entropyOnly",
     "nnUNetTrainerSFDA_perSample",
