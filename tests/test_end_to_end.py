@@ -52,6 +52,7 @@ def test_prepare_adapt_predict(source_model):
 
     proc = adapt(source_model, target)
     assert "starting from all source weights" in proc.stdout
+    assert "mode batch_marginal" in proc.stdout  # a constant prior has no per-slice ratios
     fold = root / "res" / target / "nnUNetTrainerSFDA__nnUNetPlans__2d" / "fold_all"
     for name in ("checkpoint_final.pth", "progress.png", "sfda_progress.png", "sfda_history.json"):
         assert (fold / name).is_file(), name
