@@ -63,6 +63,7 @@ class nnUNetTrainerSFDA(nnUNetTrainer):
         self.oversample_foreground_percent = 0.0
         self.save_every = 1_000_000  # epochs are short; checkpoint_final is written at the end
         self.sfda_prior: ClassRatioPrior | None = None
+        self._dataset_prior: torch.Tensor | None = None
         self.sfda_history: dict[str, list] = {}
         self._monitoring_labels = False
         if self.label_manager.has_regions:
@@ -133,6 +134,7 @@ class nnUNetTrainerSFDA(nnUNetTrainer):
         if self.sfda_settings.seed is not None:
             seed_everything(self.sfda_settings.seed)
         self.sfda_prior = self._load_prior()
+        self._dataset_prior = torch.as_tensor(self.sfda_prior.ratio_vector(), dtype=torch.float32)
         self._monitoring_labels = read_source_checkpoint(self.preprocessed_dataset_folder_base,
                                                          self.configuration_name).has_monitoring_labels
         super().on_train_start()
@@ -151,8 +153,8 @@ class nnUNetTrainerSFDA(nnUNetTrainer):
 
     # ------------------------------------------------------------------------------------------- one step
     def _prior_for(self, keys) -> torch.Tensor:
-        if self.resolved_prior_mode == "batch_marginal":
-            return torch.as_tensor(self.sfda_prior.ratio_vector(), dtype=torch.float32)
+        if self.loss.prior_mode == "batch_marginal":
+            return self._dataset_prior
         return torch.as_tensor(np.stack([self.sfda_prior.ratio_vector(k) for k in keys]), dtype=torch.float32)
 
     def _forward_terms(self, batch: dict) -> tuple[torch.Tensor, AdaMITerms]:
