@@ -23,7 +23,7 @@ import tempfile
 import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -453,10 +453,6 @@ def preprocessed_dataset_folder(dataset: str | int) -> Path:
 def dataset_labels(preprocessed_folder: Path) -> dict:
     return _labels_of(_load_json(preprocessed_folder / "dataset.json",
                                  "run `nnunet-sfda prepare-target` for this dataset first"))
-
-
-def case_identifiers(folder: Path) -> Iterable[str]:
-    return sorted(p.name[: -len(".pkl")] for p in folder.glob("*.pkl"))
 
 
 # ------------------------------------------------------------------------------------------ the dataset's prior file

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Create .venv in the repository root and install nnunet-sfda with its test dependencies.
 # torch/torchvision are pinned to a consistent pair: a CPU-only torch next to a CUDA torchvision breaks the import
-# of every trainer other than nnUNetTrainer (see docs/install.md).
+# of every trainer other than nnUNetTrainer (see the README, "Install").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
