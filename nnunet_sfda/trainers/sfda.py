@@ -37,7 +37,12 @@ from nnunetv2.training.loss.dice import get_tp_fp_fn_tn
 from nnunet_sfda.losses import AdaMILoss, AdaMITerms
 from nnunet_sfda.priors import PRIOR_FILE_NAME, ClassRatioPrior, check_prior_labels, load_prior
 from nnunet_sfda.settings import load_settings
-from nnunet_sfda.target import check_weights_match, load_checkpoint_weights, read_source_checkpoint
+from nnunet_sfda.target import (
+    SourceCheckpoint,
+    check_weights_match,
+    load_checkpoint_weights,
+    read_source_checkpoint,
+)
 
 HISTORY_FILE_NAME = "sfda_history.json"
 
@@ -116,8 +121,7 @@ class nnUNetTrainerSFDA(nnUNetTrainer):
                              f"analysis only; {self.__class__.__name__} refuses it")
         return prior
 
-    def _load_source_weights(self) -> None:
-        record = read_source_checkpoint(self.preprocessed_dataset_folder_base, self.configuration_name)
+    def _load_source_weights(self, record: SourceCheckpoint) -> None:
         weights = load_checkpoint_weights(record.checkpoint, self.device)
         network = self.network.module if self.is_ddp else self.network
         if isinstance(network, OptimizedModule):
@@ -135,12 +139,12 @@ class nnUNetTrainerSFDA(nnUNetTrainer):
             seed_everything(self.sfda_settings.seed)
         self.sfda_prior = self._load_prior()
         self._dataset_prior = torch.as_tensor(self.sfda_prior.ratio_vector(), dtype=torch.float32)
-        self._monitoring_labels = read_source_checkpoint(self.preprocessed_dataset_folder_base,
-                                                         self.configuration_name).has_monitoring_labels
+        source = read_source_checkpoint(self.preprocessed_dataset_folder_base, self.configuration_name)
+        self._monitoring_labels = source.has_monitoring_labels
         super().on_train_start()
         self.loss = self._build_loss()
         if self.current_epoch == 0:
-            self._load_source_weights()
+            self._load_source_weights(source)
         else:  # resumed with --c: keep the adapted weights; continue the history up to the resumed epoch
             self.sfda_history = {k: v[: self.current_epoch] for k, v in self._read_history().items()}
         self.print_to_log_file(f"SFDA: prior {self.prior_file()} ({self.sfda_prior.provenance.estimator}), "
