@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +13,7 @@ import SimpleITK as sitk
 import torch
 
 from conftest import nnunet_env, run
+from nnunet_sfda.priors import constant_prior, save_prior
 
 pytestmark = pytest.mark.slow
 
@@ -119,3 +122,22 @@ def test_3d_fullres_adapts_batch_marginal_by_default(source_model):
     run(["nnUNetv2_predict", "-i", str(source_model.test_images), "-o", str(out), "-d", target, "-c", "3d_fullres",
          "-f", "all", "-tr", "nnUNetTrainerSFDA", "-device", "cpu", "--disable_tta", "-npp", "1", "-nps", "1"], env)
     assert len(list(out.glob("*.nii.gz"))) == len(list(source_model.test_images.glob("*.nii.gz")))
+
+
+def test_training_refuses_missing_and_true_size_priors(source_model, tmp_path):
+    target = copy_target(source_model, 606, "NoPrior", with_labels=False)
+    env = nnunet_env(source_model.root)
+    run(["nnunet-sfda", "prepare-target", "-m", str(source_model.model_folder), "-d", target, "-c", "2d", "-np", "1"],
+        env)
+    train = [str(Path(sys.executable).parent / "nnUNetv2_train"), target, "2d", "all", "-tr", "nnUNetTrainerSFDA",
+             "-device", "cpu"]
+    missing = subprocess.run(train, env={**env, **ADAPT_FAST}, capture_output=True, text=True, timeout=600)
+    assert missing.returncode != 0
+    assert f"{target}/sfda_prior.json not found: run `nnunet-sfda estimate-prior" in missing.stderr
+
+    true_size = constant_prior(["background", "organ"], [0.95, 0.05]).model_copy(update={"kind": "true_size"})
+    prior_file = save_prior(true_size, tmp_path / "true_size.json")
+    refused = subprocess.run(train, env={**env, **ADAPT_FAST, "nnUNet_sfda_prior": str(prior_file)},
+                             capture_output=True, text=True, timeout=600)
+    assert refused.returncode != 0
+    assert "true-size prior measured on target labels" in refused.stderr
