@@ -17,29 +17,24 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-from nnunet_sfda.benchmark.demo import CONFIGURATION, mean_foreground_dice
+from nnunet_sfda.benchmark.demo import CONFIGURATION, console_script, mean_foreground_dice, nnunet_env
 
 TWIN_ID = 599
 
 
 def _env(demo: Path, extra: dict[str, str]) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("nnUNet_sfda_")}
-    env.update(nnUNet_raw=str(demo / "nnUNet_raw"), nnUNet_preprocessed=str(demo / "nnUNet_preprocessed"),
-               nnUNet_results=str(demo / "nnUNet_results"), nnUNet_n_proc_DA="0", nnUNet_compile="f",
-               nnUNet_sfda_seed="0", **{f"nnUNet_sfda_{k}": v for k, v in extra.items()})
-    return env
+    return nnunet_env(demo, nnUNet_n_proc_DA="0", nnUNet_sfda_seed="0",
+                      **{f"nnUNet_sfda_{k}": v for k, v in extra.items()})
 
 
 def _run(cmd: list[str], env: dict[str, str], log: Path) -> None:
-    exe = Path(sys.executable).parent / cmd[0]
     with open(log, "w") as f:
-        code = subprocess.run([str(exe) if exe.exists() else cmd[0], *cmd[1:]], env=env, stdout=f,
+        code = subprocess.run([console_script(cmd[0]), *cmd[1:]], env=env, stdout=f,
                               stderr=subprocess.STDOUT).returncode
     if code != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed; see {log}")

@@ -4,14 +4,12 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-BIN = Path(sys.executable).parent
-
+from nnunet_sfda.benchmark.demo import console_script
 
 def nnunet_env(root: Path, **extra: str) -> dict[str, str]:
     """A subprocess environment with only nnU-Net's three folders (under ``root``) and CPU-friendly settings."""
@@ -22,8 +20,7 @@ def nnunet_env(root: Path, **extra: str) -> dict[str, str]:
 
 
 def run(cmd: list[str], env: dict[str, str], timeout: int = 900) -> subprocess.CompletedProcess:
-    exe = BIN / cmd[0]
-    proc = subprocess.run([str(exe) if exe.exists() else cmd[0], *cmd[1:]], env=env, capture_output=True, text=True,
+    proc = subprocess.run([console_script(cmd[0]), *cmd[1:]], env=env, capture_output=True, text=True,
                           timeout=timeout)
     assert proc.returncode == 0, f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc

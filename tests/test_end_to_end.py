@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +12,7 @@ import SimpleITK as sitk
 import torch
 
 from conftest import nnunet_env, run
+from nnunet_sfda.benchmark.demo import console_script
 from nnunet_sfda.priors import constant_prior, save_prior
 
 pytestmark = pytest.mark.slow
@@ -129,7 +129,7 @@ def test_training_refuses_missing_and_true_size_priors(source_model, tmp_path):
     env = nnunet_env(source_model.root)
     run(["nnunet-sfda", "prepare-target", "-m", str(source_model.model_folder), "-d", target, "-c", "2d", "-np", "1"],
         env)
-    train = [str(Path(sys.executable).parent / "nnUNetv2_train"), target, "2d", "all", "-tr", "nnUNetTrainerSFDA",
+    train = [console_script("nnUNetv2_train"), target, "2d", "all", "-tr", "nnUNetTrainerSFDA",
              "-device", "cpu"]
     missing = subprocess.run(train, env={**env, **ADAPT_FAST}, capture_output=True, text=True, timeout=600)
     assert missing.returncode != 0

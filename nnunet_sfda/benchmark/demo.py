@@ -87,10 +87,19 @@ def _describe(shifts) -> str:
     return ", ".join(s if isinstance(s, str) else f"{s[0]} {s[1]}" for s in shifts)
 
 
-def _tool(name: str) -> str:
-    """A console script of this environment (the demo may run without the venv being activated)."""
+def console_script(name: str) -> str:
+    """A console script of this environment (the caller may run without the venv being activated)."""
     candidate = Path(sys.executable).parent / name
     return str(candidate) if candidate.exists() else name
+
+
+def nnunet_env(work: Path, **extra: str) -> dict[str, str]:
+    """The environment with nnU-Net's three folders inside ``work`` and no ``nnUNet_sfda_*`` of the caller's."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("nnUNet_sfda_")}
+    env.update(nnUNet_raw=str(work / "nnUNet_raw"), nnUNet_preprocessed=str(work / "nnUNet_preprocessed"),
+               nnUNet_results=str(work / "nnUNet_results"), nnUNet_def_n_proc=env.get("nnUNet_def_n_proc", "2"),
+               nnUNet_compile=env.get("nnUNet_compile", "f"), **extra)
+    return env
 
 
 def run_demo(work: Path, overwrite: bool = False, device: str = "cpu", seed: int = 0) -> DemoResult:
@@ -101,9 +110,7 @@ def run_demo(work: Path, overwrite: bool = False, device: str = "cpu", seed: int
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
     raw, pre, res = work / "nnUNet_raw", work / "nnUNet_preprocessed", work / "nnUNet_results"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("nnUNet_sfda_")}
-    env.update(nnUNet_raw=str(raw), nnUNet_preprocessed=str(pre), nnUNet_results=str(res),
-               nnUNet_def_n_proc=env.get("nnUNet_def_n_proc", "2"), nnUNet_compile=env.get("nnUNet_compile", "f"))
+    env = nnunet_env(work)
     train_env = {"nnUNet_n_proc_DA": env.get("nnUNet_n_proc_DA", "0"), "nnUNet_sfda_seed": str(seed)}
     # 150 supervised iterations reach a pseudo-Dice above 0.99 on the source phantom
     source_env = {**train_env, "nnUNet_sfda_num_epochs": "3", "nnUNet_sfda_iterations_per_epoch": "50"}
@@ -118,28 +125,28 @@ def run_demo(work: Path, overwrite: bool = False, device: str = "cpu", seed: int
     runner = _Runner(work, env, total_steps=7)
 
     runner.run("planning and preprocessing the source dataset",
-               [_tool("nnUNetv2_plan_and_preprocess"), "-d", src, "-c", CONFIGURATION, "-np", "2"], "plan_source")
+               [console_script("nnUNetv2_plan_and_preprocess"), "-d", src, "-c", CONFIGURATION, "-np", "2"], "plan_source")
     runner.run(f"training the source model ({SOURCE_TRAINER})",
-               [_tool("nnUNetv2_train"), src, CONFIGURATION, "all", "-tr", SOURCE_TRAINER, "-device", device],
+               [console_script("nnUNetv2_train"), src, CONFIGURATION, "all", "-tr", SOURCE_TRAINER, "-device", device],
                "train_source", source_env)
     model_folder = res / layout.source_dataset_name / f"{SOURCE_TRAINER}__nnUNetPlans__{CONFIGURATION}"
     preds = work / "predictions"
     runner.run("source-only prediction on the target test cases",
-               [_tool("nnUNetv2_predict"), "-i", str(layout.target_test_images), "-o", str(preds / "source_only"),
+               [console_script("nnUNetv2_predict"), "-i", str(layout.target_test_images), "-o", str(preds / "source_only"),
                 "-d", src, "-c", CONFIGURATION, "-f", "all", "-tr", SOURCE_TRAINER, "-device", device,
                 "--disable_tta", "-npp", "1", "-nps", "1"], "predict_source_only")
     runner.run("prepare-target: preprocessing the target with the source plans",
-               [_tool("nnunet-sfda"), "prepare-target", "-m", str(model_folder), "-d", tgt, "-c", CONFIGURATION,
+               [console_script("nnunet-sfda"), "prepare-target", "-m", str(model_folder), "-d", tgt, "-c", CONFIGURATION,
                 "-np", "1"], "prepare_target")
     ratios = source_label_ratios(pre / layout.source_dataset_name / f"nnUNetPlans_{CONFIGURATION}", num_classes)
     runner.run("estimate-prior: class ratios from the source's label statistics",
-               [_tool("nnunet-sfda"), "estimate-prior", "-d", tgt, "--ratios", *[f"{r:.6f}" for r in ratios]],
+               [console_script("nnunet-sfda"), "estimate-prior", "-d", tgt, "--ratios", *[f"{r:.6f}" for r in ratios]],
                "estimate_prior")
     runner.run("adapting with nnUNetTrainerSFDA (no source data, no target labels)",
-               [_tool("nnUNetv2_train"), tgt, CONFIGURATION, "all", "-tr", "nnUNetTrainerSFDA", "-device", device],
+               [console_script("nnUNetv2_train"), tgt, CONFIGURATION, "all", "-tr", "nnUNetTrainerSFDA", "-device", device],
                "adapt", train_env)
     runner.run("adapted prediction on the target test cases",
-               [_tool("nnUNetv2_predict"), "-i", str(layout.target_test_images), "-o", str(preds / "adapted"),
+               [console_script("nnUNetv2_predict"), "-i", str(layout.target_test_images), "-o", str(preds / "adapted"),
                 "-d", tgt, "-c", CONFIGURATION, "-f", "all", "-tr", "nnUNetTrainerSFDA", "-device", device,
                 "--disable_tta", "-npp", "1", "-nps", "1"], "predict_adapted")
 

@@ -316,8 +316,8 @@ LOW_CONTRAST_LEVELS = {"air": 0.0, "tissue": 520.0, "lesion": 560.0, "fat": 600.
 
 #: The target domain of the demo and the tests: low tissue contrast, stronger Rician noise and a lower effective
 #: resolution (blur), applied in this (acquisition) order. The organ's outline stays visible, but a source model
-#: becomes unsure at its boundaries and under-segments. Measured with the demo's nnU-Net source model (2d, 150
-#: iterations, Dice 0.998 on source) on 8 cases each: this default 0.81 mean Dice (0.57 to 0.95 per case) with
+#: becomes unsure at its boundaries and under-segments. Measured ad hoc (nnUNetPredictor, script not kept) with one
+#: demo run's nnU-Net source model (2d, 150 iterations, Dice 0.998 on source) on 8 cases each: this default 0.81 mean Dice (0.57 to 0.95 per case) with
 #: predicted volumes 0.4 to 0.97 of the true ones; adding a bias field (strength 0.2) 0.73, but then the errors mix
 #: false positives in some cases with misses in others. Shifts toward T1-like contrast (T1_LEVELS: fat brighter than
 #: the organ) at strength (0.2, 0.4) scored 0.65 but led the source model, and every label-free method after it, to

@@ -11,8 +11,8 @@ class nnUNetTrainer_sfdaShort(nnUNetTrainer):
     """nnUNetTrainer with ``nnUNet_sfda_num_epochs`` × ``nnUNet_sfda_iterations_per_epoch`` (default 6 × 50).
 
     Everything else is nnU-Net's (loss, augmentation, optimizer, deep supervision) except that the final
-    validation is skipped. nnU-Net's own
-    ``nnUNetTrainer_5epochs`` runs 1250 iterations, about 15 minutes on a 2-core CPU even for tiny images.
+    validation is skipped. nnU-Net's shortest multi-epoch variant, ``nnUNetTrainer_5epochs``, runs 1250 iterations;
+    the demo's source model needs 150.
     """
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
