@@ -23,18 +23,14 @@ import tempfile
 import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from nnunet_sfda.priors import (
     PRIOR_FILE_NAME,
-    ClassRatioPrior,
     check_prior_labels,
-    constant_prior,
-    dataset_label_names,
     load_prior,
-    save_prior,
 )
 
 RECORD_FILE_NAME = "sfda_target.json"
@@ -93,6 +89,16 @@ def read_source_checkpoint(preprocessed_dataset_folder: str | os.PathLike, confi
         return SourceCheckpoint(**configurations[configuration])
     except TypeError as e:
         raise TargetError(f"{path}: entry '{configuration}' is malformed ({e})") from e
+
+
+def prepared_configurations(preprocessed_dataset_folder: str | os.PathLike) -> dict[str, SourceCheckpoint]:
+    """Every configuration prepare-target recorded for this dataset (configuration name -> record entry)."""
+    path = record_path(preprocessed_dataset_folder)
+    if not path.is_file():
+        raise TargetError(f"{path} does not exist: this dataset was not prepared for adaptation. Run "
+                          "`nnunet-sfda prepare-target -m SOURCE_MODEL -d DATASET -c CONFIGURATION` first.")
+    return {name: read_source_checkpoint(preprocessed_dataset_folder, name)
+            for name in _read_record_file(path)["configurations"]}
 
 
 def _write_record_entry(path: Path, entry: SourceCheckpoint) -> None:
@@ -453,26 +459,3 @@ def preprocessed_dataset_folder(dataset: str | int) -> Path:
 def dataset_labels(preprocessed_folder: Path) -> dict:
     return _labels_of(_load_json(preprocessed_folder / "dataset.json",
                                  "run `nnunet-sfda prepare-target` for this dataset first"))
-
-
-# ------------------------------------------------------------------------------------------ the dataset's prior file
-def _prior_destination(dataset: str | int, output: str | os.PathLike | None) -> tuple[Path, dict]:
-    folder = preprocessed_dataset_folder(dataset)
-    labels = dataset_labels(folder)
-    return (Path(output) if output is not None else folder / PRIOR_FILE_NAME), labels
-
-
-def estimate_constant_prior(dataset: str | int, ratios: Sequence[float], output: str | os.PathLike | None = None,
-                            overwrite: bool = False) -> tuple[ClassRatioPrior, Path]:
-    """Write a prior of constant ratios (one per label, dataset.json order) where the trainer reads it by default."""
-    path, labels = _prior_destination(dataset, output)
-    prior = constant_prior(dataset_label_names(labels, str(path.parent / "dataset.json")), ratios)
-    return prior, save_prior(prior, path, overwrite=overwrite)
-
-
-def install_prior(dataset: str | int, prior_file: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Validate ``prior_file`` against the dataset's labels and copy it to the default place the trainer reads."""
-    path, labels = _prior_destination(dataset, None)
-    prior = load_prior(prior_file)
-    check_prior_labels(prior, labels, str(prior_file))
-    return save_prior(prior, path, overwrite=overwrite)

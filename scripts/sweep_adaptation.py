@@ -22,7 +22,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from nnunet_sfda.benchmark.demo import CONFIGURATION, console_script, mean_foreground_dice, nnunet_env
+from nnunet_sfda.benchmark.commands import console_script, nnunet_env
+from nnunet_sfda.benchmark.demo import CONFIGURATION, mean_foreground_dice
 
 TWIN_ID = 599
 
@@ -56,7 +57,8 @@ def _labelled_twin(demo: Path, target: str, source_model: Path, prior: Path) -> 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--demo-dir", type=Path, required=True)
-    parser.add_argument("--setting", action="append", required=True, help="NAME:TRAINER[:key=value,...]")
+    parser.add_argument("--setting", action="append", default=[], help="NAME:TRAINER[:key=value,...]")
+    parser.add_argument("--prepare-only", action="store_true", help="only create the labelled twin dataset")
     parser.add_argument("-device", default="cpu")
     args = parser.parse_args(argv)
     demo = args.demo_dir.resolve()
@@ -66,6 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     record = json.loads((pre / target / "sfda_target.json").read_text())["configurations"][CONFIGURATION]
     twin = _labelled_twin(demo, target, Path(record["model_folder"]), pre / target / "sfda_prior.json")
     test_images, test_labels = demo / "target_test" / "images", demo / "target_test" / "labels"
+    if args.prepare_only:
+        return 0
+    if not args.setting:
+        parser.error("give at least one --setting")
     cases = results["test_cases"]
     num_classes = len(json.loads((pre / target / "dataset.json").read_text())["labels"])
 

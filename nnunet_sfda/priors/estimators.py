@@ -1,7 +1,6 @@
-"""Ways to build a :class:`~nnunet_sfda.priors.model.ClassRatioPrior`.
-
-For now only the constant estimator (one fixed ratio per class, given by the user) and a table printer for the CLI.
-Anatomy tables, tags and label statistics will add further estimators here.
+"""Ways to build a :class:`~nnunet_sfda.priors.model.ClassRatioPrior`: constant ratios (given by the user) and a
+table printer for the CLI. Geometry-aware estimators (anatomy volumes, tags, label statistics, pixel sizes) live in
+:mod:`nnunet_sfda.priors.volumes`.
 """
 
 from __future__ import annotations

@@ -31,8 +31,10 @@ and stored in nnU-Net's preprocessed folder of the *target* dataset.  Fields:
 ``per_slice`` (optional)
     Case identifier -> slice index -> ratio mapping of that slice.  The slice index
     is a non-negative integer, written as a string key in JSON (``"12"``) and read
-    back as an int.  Slices are taken along the first spatial axis of the network
-    input, which is the axis nnU-Net's 2d configuration slices along.
+    back as an int.  Slices are taken along the first axis of the image after
+    nnU-Net's transpose and crop, before resampling: the axis nnU-Net's 2d
+    configuration slices along (and does not resample), so slice ``i`` here is
+    slice ``i`` of the 2d network input.
 ``lower``, ``upper`` (optional)
     Bounds per label on the ratio (keys exactly ``labels``), with
     ``0 <= lower <= upper <= 1`` for every label.  Either may be given alone.

@@ -13,10 +13,15 @@ Choices, and why:
   ``checkpoint_best.pth`` is not written (nnU-Net picks it by a label-based pseudo-Dice); use ``checkpoint_final.pth``.
 - **Frame of the prior**: ratios are fractions of the network input (after nnU-Net's crop to the non-zero region and
   resampling). Resampling keeps fractions; the crop removes only air, which the prior's background must not count.
-- **Prior mode**: ``per_sample`` compares each image's predicted ratio with its own prior (per-slice, else per-case,
-  else dataset ratio); ``batch_marginal`` compares the batch's mean prediction with the dataset ratio. The default
-  (``prior_mode = None``) is per-sample in 2d when the prior file has per-slice ratios, batch-marginal otherwise
-  (3d patches are crops of the volume; a dataset ratio says nothing about one slice).
+- **A patch's prior**: the loader (:class:`~nnunet_sfda.trainers.loader.BoxReportingDataLoader`) reports each
+  patch's box. A 2d patch takes its slice's ratio (per-slice, else per-case, else dataset), a 3d crop its case's;
+  padding beyond the image counts as background (:func:`~nnunet_sfda.priors.geometry.patch_prior`).
+- **Prior mode**: ``per_sample`` compares each patch's predicted ratio with its own prior; ``batch_marginal``
+  compares the batch's mean prediction with the mean of the patches' priors. The default (``prior_mode = None``) is
+  per-sample in 2d when the prior file has per-slice ratios, batch-marginal otherwise: a case ratio says little
+  about one slice (measured: it pushes the structure into slices that lack it), nor exactly about one 3d crop.
+- **Cases the prior does not know**: when the prior has per-case ratios but not for some training case, that case
+  uses the dataset ratio and the log says so once, listing the cases.
 """
 from __future__ import annotations
 
@@ -31,14 +36,20 @@ import torch
 from torch import autocast
 from torch._dynamo import OptimizedModule
 
-from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-from nnunetv2.utilities.helpers import dummy_context
+from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
+from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
+from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 from nnunetv2.training.loss.dice import get_tp_fp_fn_tn
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+from nnunetv2.utilities.helpers import dummy_context
 
 from nnunet_sfda.losses import AdaMILoss, AdaMITerms
 from nnunet_sfda.plots import plot_sfda_history
 from nnunet_sfda.priors import PRIOR_FILE_NAME, ClassRatioPrior, check_prior_labels, load_prior
+from nnunet_sfda.priors.geometry import patch_prior
 from nnunet_sfda.settings import load_settings
+from nnunet_sfda.trainers.loader import BoxReportingDataLoader
 from nnunet_sfda.target import (
     SourceCheckpoint,
     check_weights_match,
@@ -70,7 +81,6 @@ class nnUNetTrainerSFDA(nnUNetTrainer):
         self.oversample_foreground_percent = 0.0
         self.save_every = 1_000_000  # epochs are short; checkpoint_final is written at the end
         self.sfda_prior: ClassRatioPrior | None = None
-        self._dataset_prior: torch.Tensor | None = None
         self.sfda_history: dict[str, list] = {}
         self._monitoring_labels = False
         if self.label_manager.has_regions:
@@ -95,16 +105,31 @@ class nnUNetTrainerSFDA(nnUNetTrainer):
         # built again in on_train_start, once the prior (which the default mode depends on) is loaded
         return AdaMILoss(kl_weight=self.kl_weight, prior_mode=self.resolved_prior_mode)
 
-    def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
-        rotation, dummy_2d, _, mirror_axes = super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
-        # no spatial augmentation: the loader crops the final patch directly (mirror axes stay for inference TTA)
-        return rotation, dummy_2d, self.configuration_manager.patch_size, mirror_axes
-
-    def get_training_transforms(self, patch_size, rotation_for_DA, deep_supervision_scales, mirror_axes,
-                                do_dummy_2d_data_aug, use_mask_for_norm=None, is_cascaded=False,
-                                foreground_labels=None, regions=None, ignore_label=None):
-        return self.get_validation_transforms(deep_supervision_scales, is_cascaded, foreground_labels, regions,
-                                              ignore_label)
+    def get_dataloaders(self):
+        # nnU-Net's, without augmentation or deep supervision, with a loader that reports each patch's box
+        if self.dataset_class is None:
+            self.dataset_class = infer_dataset_class(self.preprocessed_dataset_folder)
+        self.configure_rotation_dummyDA_mirroring_and_inital_patch_size()  # sets the mirror axes inference uses
+        patch_size = self.configuration_manager.patch_size
+        transforms = self.get_validation_transforms(None, is_cascaded=self.is_cascaded,
+                                                    foreground_labels=self.label_manager.foreground_labels,
+                                                    regions=None, ignore_label=self.label_manager.ignore_label)
+        dataset_tr, dataset_val = self.get_tr_and_val_datasets()
+        loaders = [BoxReportingDataLoader(dataset, self.batch_size, patch_size, patch_size, self.label_manager,
+                                          oversample_foreground_percent=0.0, transforms=transforms)
+                   for dataset in (dataset_tr, dataset_val)]
+        num_processes = get_allowed_n_proc_DA()
+        if num_processes == 0:
+            train, val = (SingleThreadedAugmenter(dl, None) for dl in loaders)
+        else:
+            pin = self.device.type == "cuda"
+            train = NonDetMultiThreadedAugmenter(loaders[0], None, num_processes, max(6, num_processes // 2),
+                                                 None, pin, 0.002)
+            val = NonDetMultiThreadedAugmenter(loaders[1], None, max(1, num_processes // 2),
+                                               max(3, num_processes // 4), None, pin, 0.002)
+        _ = next(train)
+        _ = next(val)
+        return train, val
 
     def prior_file(self) -> Path:
         if self.sfda_settings.prior is not None:
@@ -123,6 +148,17 @@ class nnUNetTrainerSFDA(nnUNetTrainer):
                              f"analysis only; {self.__class__.__name__} refuses it")
         return prior
 
+    def _warn_cases_without_prior(self) -> None:
+        if not (self.sfda_prior.per_case or self.sfda_prior.per_slice):
+            return
+        cases, _ = self.do_split()
+        missing = [case for case in cases if not self.sfda_prior.has_case(case)]
+        if missing:
+            shown = ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else "")
+            self.print_to_log_file(f"WARNING: the prior {self.prior_file()} has no ratios for {len(missing)} of "
+                                   f"{len(cases)} training cases ({shown}); they use its dataset "
+                                   "ratio. Re-run estimate-prior after adding cases.")
+
     def _load_source_weights(self, record: SourceCheckpoint) -> None:
         weights = load_checkpoint_weights(record.checkpoint, self.device)
         network = self.network.module if self.is_ddp else self.network
@@ -140,10 +176,10 @@ class nnUNetTrainerSFDA(nnUNetTrainer):
         if self.sfda_settings.seed is not None:
             seed_everything(self.sfda_settings.seed)
         self.sfda_prior = self._load_prior()
-        self._dataset_prior = torch.as_tensor(self.sfda_prior.ratio_vector(), dtype=torch.float32)
         source = read_source_checkpoint(self.preprocessed_dataset_folder_base, self.configuration_name)
         self._monitoring_labels = source.has_monitoring_labels
         super().on_train_start()
+        self._warn_cases_without_prior()
         self.loss = self._build_loss()
         if self.current_epoch == 0:
             self._load_source_weights(source)
@@ -158,16 +194,24 @@ class nnUNetTrainerSFDA(nnUNetTrainer):
                                "nnUNetv2_evaluate_simple where target labels exist")
 
     # ------------------------------------------------------------------------------------------- one step
-    def _prior_for(self, keys) -> torch.Tensor:
-        if self.loss.prior_mode == "batch_marginal":
-            return self._dataset_prior
-        return torch.as_tensor(np.stack([self.sfda_prior.ratio_vector(k) for k in keys]), dtype=torch.float32)
+    def _prior_for(self, batch: dict) -> torch.Tensor:
+        """Each sample's prior (see :func:`~nnunet_sfda.priors.geometry.patch_prior`): the slice's ratio for a 2d
+        patch, the case's for a 3d crop, shrunk by the padding; batch-marginal mode takes their mean."""
+        is_2d = len(self.configuration_manager.patch_size) == 2
+        priors = []
+        for key, (lower, upper), shape in zip(batch["keys"], batch["boxes"], batch["shapes"]):
+            region = self.sfda_prior.ratio_vector(key, lower[0] if is_2d else None)
+            if is_2d:  # the loader works in pseudo-3d boxes (1, y, x); the patch is the in-plane part
+                lower, upper, shape = lower[1:], upper[1:], shape[1:]
+            priors.append(patch_prior(region, lower, upper, shape))
+        stacked = torch.as_tensor(np.stack(priors), dtype=torch.float32)
+        return stacked.mean(0) if self.loss.prior_mode == "batch_marginal" else stacked
 
     def _forward_terms(self, batch: dict) -> tuple[torch.Tensor, AdaMITerms]:
         data = batch["data"].to(self.device, non_blocking=True)
         with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
             logits = self.network(data)
-            terms = self.loss(logits, self._prior_for(batch["keys"]))
+            terms = self.loss(logits, self._prior_for(batch))
         return logits, terms
 
     def train_step(self, batch: dict) -> dict:
