@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from nnunet_sfda.benchmark.demo import console_script
+from nnunet_sfda.benchmark.commands import console_script
 
 def nnunet_env(root: Path, **extra: str) -> dict[str, str]:
     """A subprocess environment with only nnU-Net's three folders (under ``root``) and CPU-friendly settings."""

@@ -12,7 +12,7 @@ import SimpleITK as sitk
 import torch
 
 from conftest import nnunet_env, run
-from nnunet_sfda.benchmark.demo import console_script
+from nnunet_sfda.benchmark.commands import console_script
 from nnunet_sfda.priors import constant_prior, save_prior
 
 pytestmark = pytest.mark.slow

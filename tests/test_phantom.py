@@ -11,11 +11,18 @@ import SimpleITK as sitk
 from nnunet_sfda.benchmark import phantom as ph
 from nnunet_sfda.benchmark.phantom import (
     DEFAULT_SHIFT,
+    SHIFT_FAMILIES,
     SHIFTS,
     PhantomSpec,
+    ShiftFamily,
     case_rng,
+    combine_families,
     make_case,
     make_demo_datasets,
+    resample_case,
+    resample_grid,
+    resolve_families,
+    resolve_family_names,
     write_cases,
     write_dataset,
 )
@@ -324,3 +331,245 @@ def test_make_demo_datasets_checks_everything_before_writing(tmp_path):
     with pytest.raises(FileExistsError, match="target_test"):
         make_demo_datasets(raw, work, seed=0)
     assert not (raw / "Dataset501_SFDADemoSource").exists()
+
+
+# ---------------------------------------------------------------------------------------------------- resampling
+
+COARSE = (4.0, 1.5, 1.5)  # from the default (3, 1, 1) mm
+
+
+def _ml(lab, spacing, value=None):
+    m = lab > 0 if value is None else lab == value
+    return float(m.sum()) * float(np.prod(spacing)) / 1000.0
+
+
+def test_resample_grid_keeps_extent_and_centre():
+    shape, origin = resample_grid((12, 64, 64), (3.0, 1.0, 1.0), COARSE)
+    assert shape == (9, 43, 43)
+    # Centres coincide: origin + (n' - 1) / 2 * t == (n - 1) / 2 * s on every axis.
+    for n, m, s, t, o in zip((12, 64, 64), shape, (3.0, 1.0, 1.0), COARSE, origin):
+        assert abs(o + (m - 1) / 2 * t - (n - 1) / 2 * s) < 1e-9
+        assert abs(m * t - n * s) <= t / 2
+    assert resample_grid((12, 64, 64), (3.0, 1.0, 1.0), (3.0, 1.0, 1.0)) == ((12, 64, 64), (0.0, 0.0, 0.0))
+    assert resample_grid((1, 64, 64), (3.0, 1.0, 1.0), (1.0, 2.0, 2.0))[0] == (1, 32, 32)  # 2D keeps one slice
+    with pytest.raises(ValueError, match="target_spacing"):
+        resample_grid((12, 64, 64), (3.0, 1.0, 1.0), (0.0, 1.0, 1.0))
+
+
+@pytest.mark.parametrize("target_spacing", [COARSE, (5.0, 1.0, 1.0), (2.0, 0.75, 0.75)])
+def test_resampled_case_keeps_anatomy_in_mm_and_label_image_consistency(target_spacing):
+    spec = PhantomSpec(num_classes=3)
+    for seed in range(6):
+        img0, lab0 = make_case(case_rng(seed, 0), spec)
+        img, lab = make_case(case_rng(seed, 0), spec, (), target_spacing)
+        assert img.dtype == np.float32 and lab.dtype == np.uint8
+        assert img.shape == lab.shape == resample_grid(spec.shape, spec.spacing, target_spacing)[0]
+        # Labels only where the body is (> 0); air stays exactly 0 and surrounds the body.
+        assert (img[lab > 0] > 0).all() and img.min() == 0.0
+        assert img[0, 0, 0] == 0 and img[-1, -1, -1] == 0 and (img == 0).mean() > 0.1
+        # The organ is as large in mL as in the same case without resampling (volume-preserving labels).
+        v0, v = _ml(lab0, spec.spacing), _ml(lab, target_spacing)
+        assert abs(v / v0 - 1) < 0.03, (v, v0)
+        assert abs(_ml(lab, target_spacing, 2) / _ml(lab0, spec.spacing, 2) - 1) < 0.15
+        # Body volume in mL kept too; slices without organ still exist; the image matches the labels (T2: organ bright).
+        assert abs((img > 0).sum() * np.prod(target_spacing) / ((img0 > 0).sum() * np.prod(spec.spacing)) - 1) < 0.05
+        per_slice = (lab > 0).any(axis=(1, 2))
+        assert per_slice.any() and not per_slice.all()
+        assert np.median(img[lab == 1]) > 1.8 * np.median(img[(lab == 0) & (img > 0)])
+
+
+def test_resample_case_same_spacing_is_identity_and_applies_before_shifts():
+    spec = PhantomSpec()
+    a = make_case(case_rng(4, 1), spec, DEFAULT_SHIFT)
+    b = make_case(case_rng(4, 1), spec, DEFAULT_SHIFT, spec.spacing)
+    assert a[0].tobytes() == b[0].tobytes() and a[1].tobytes() == b[1].tobytes()
+    # Resampling then shifting == make_case with target_spacing (same random draws for the shifts).
+    src_img, src_lab = make_case(case_rng(4, 1), spec)
+    rng = case_rng(4, 1)
+    make_case(rng, spec)  # consume the anatomy's draws
+    r_img, r_lab = resample_case(src_img, src_lab, spec.spacing, COARSE)
+    expect = ph.apply_shifts(r_img, r_lab, rng, (("noise", {"sigma": 30.0}),))
+    got, got_lab = make_case(case_rng(4, 1), spec, (("noise", {"sigma": 30.0}),), COARSE)
+    assert np.array_equal(got, expect) and np.array_equal(got_lab, r_lab)
+
+
+def test_write_resampled_target_dataset_spacing_size_and_determinism(tmp_path):
+    spec = PhantomSpec(shape=(8, 48, 48))
+    kw = {"spec": spec, "shifts": DEFAULT_SHIFT, "target_spacing": COARSE}
+    d = write_dataset(tmp_path / "raw", 12, "Res", 2, seed=5, labels_dir=tmp_path / "labs", **kw)
+    shape, origin = resample_grid(spec.shape, spec.spacing, COARSE)
+    assert shape == (6, 32, 32)
+    for p in (d / "imagesTr" / "res_000_0000.nii.gz", tmp_path / "labs" / "res_000.nii.gz"):
+        im = sitk.ReadImage(str(p))
+        assert im.GetSize() == (32, 32, 6)
+        assert np.allclose(im.GetSpacing(), (1.5, 1.5, 4.0))
+        assert np.allclose(im.GetOrigin(), origin[::-1])
+    img = _read(d / "imagesTr" / "res_000_0000.nii.gz")
+    lab = _read(tmp_path / "labs" / "res_000.nii.gz")
+    e_img, e_lab = make_case(case_rng(5, 0), spec, DEFAULT_SHIFT, COARSE)
+    assert np.array_equal(img, e_img) and np.array_equal(lab, e_lab)
+    assert (img[lab > 0] > 0).all()
+    dj = json.loads((d / "dataset.json").read_text())["sfda_phantom"]
+    assert dj["spacing_zyx"] == list(COARSE) and dj["shape_zyx"] == [6, 32, 32]
+    assert dj["resampled_from"] == {"shape_zyx": [8, 48, 48], "spacing_zyx": [3.0, 1.0, 1.0]}
+    # Same seed: byte-identical files.
+    d2 = write_dataset(tmp_path / "raw2", 12, "Res", 2, seed=5, labels_dir=tmp_path / "labs2", **kw)
+    for sub in ("res_000_0000.nii.gz", "res_001_0000.nii.gz"):
+        assert (d / "imagesTr" / sub).read_bytes() == (d2 / "imagesTr" / sub).read_bytes()
+    for sub in ("res_000.nii.gz", "res_001.nii.gz"):
+        assert (tmp_path / "labs" / sub).read_bytes() == (tmp_path / "labs2" / sub).read_bytes()
+    assert (d / "dataset.json").read_bytes() == (d2 / "dataset.json").read_bytes()
+
+
+def test_make_demo_datasets_target_spacing_only_on_target(tmp_path):
+    spec = PhantomSpec(shape=(6, 40, 40))
+    lay = make_demo_datasets(
+        tmp_path / "raw", tmp_path / "work", 0, spec=spec, num_source=1, num_target=1, num_target_test=1,
+        target_spacing=(4.0, 1.0, 1.0),
+    )
+    assert lay.target_spacing == (4.0, 1.0, 1.0)
+    src = sitk.ReadImage(str(lay.source_dir / "imagesTr" / f"{lay.source_case_ids[0]}_0000.nii.gz"))
+    assert src.GetSize() == (40, 40, 6) and np.allclose(src.GetSpacing(), (1.0, 1.0, 3.0))
+    for p in (
+        lay.target_dir / "imagesTr" / f"{lay.target_case_ids[0]}_0000.nii.gz",
+        lay.target_labels_tr / f"{lay.target_case_ids[0]}.nii.gz",
+        lay.target_test_images / f"{lay.target_test_case_ids[0]}_0000.nii.gz",
+        lay.target_test_labels / f"{lay.target_test_case_ids[0]}.nii.gz",
+    ):
+        im = sitk.ReadImage(str(p))
+        assert im.GetSize() == (40, 40, 4) and np.allclose(im.GetSpacing(), (1.0, 1.0, 4.0))
+
+
+# ---------------------------------------------------------------------------------------------------- families
+
+
+def test_family_registry():
+    assert {"default", "t1_contrast", "bias_field", "noise", "blur_resolution", "invert"} <= set(SHIFT_FAMILIES)
+    assert SHIFT_FAMILIES["default"].shifts == DEFAULT_SHIFT and SHIFT_FAMILIES["default"].target_spacing is None
+    assert SHIFT_FAMILIES["blur_resolution"].target_spacing == COARSE
+    for name, fam in SHIFT_FAMILIES.items():
+        assert fam.name == name and fam.description and "\n" not in fam.description
+        assert set(fam.as_kwargs()) == {"shifts", "target_spacing"}
+    with pytest.raises(KeyError, match="nope"):
+        ShiftFamily("bad", "unknown shift", ("nope",))
+    with pytest.raises(ValueError, match="target_spacing"):
+        ShiftFamily("bad", "bad spacing", (), (1.0, 1.0))
+
+
+@pytest.mark.parametrize("name", sorted(SHIFT_FAMILIES))
+def test_every_family_writes_a_valid_dataset_with_untouched_labels(tmp_path, name):
+    fam = SHIFT_FAMILIES[name]
+    spec = PhantomSpec(shape=(6, 40, 40))
+    d = write_dataset(tmp_path / "raw", 20, "Fam", 2, seed=3, spec=spec, labels_dir=tmp_path / "labs",
+                      **fam.as_kwargs())
+    out_spacing = fam.target_spacing or spec.spacing
+    shape = resample_grid(spec.shape, spec.spacing, out_spacing)[0]
+    dj = json.loads((d / "dataset.json").read_text())
+    assert dj["numTraining"] == 2 and dj["sfda_phantom"]["spacing_zyx"] == list(out_spacing)
+    for i in range(2):
+        im = sitk.ReadImage(str(d / "imagesTr" / f"fam_{i:03d}_0000.nii.gz"))
+        lab_im = sitk.ReadImage(str(tmp_path / "labs" / f"fam_{i:03d}.nii.gz"))
+        assert im.GetSize() == lab_im.GetSize() == shape[::-1]
+        assert np.allclose(im.GetSpacing(), out_spacing[::-1]) and np.allclose(lab_im.GetSpacing(), out_spacing[::-1])
+        assert im.GetOrigin() == lab_im.GetOrigin()
+        img, lab = sitk.GetArrayFromImage(im), sitk.GetArrayFromImage(lab_im)
+        # Intensity shifts never touch labels: same labels as the unshifted case on the same grid.
+        _, plain_lab = make_case(case_rng(3, i), spec, (), fam.target_spacing)
+        assert np.array_equal(lab, plain_lab) and set(np.unique(lab)) == {0, 1}
+        plain_img, _ = make_case(case_rng(3, i), spec, (), fam.target_spacing)
+        assert np.array_equal(img == 0, plain_img == 0) and (img[lab > 0] > 0).all()
+        if fam.shifts:
+            assert not np.array_equal(img, plain_img)
+
+
+def test_resolve_and_combine_families():
+    assert [f.name for f in resolve_families("default,noise")] == ["default", "noise"]
+    assert [f.name for f in resolve_families(["noise", " default ", "noise"])] == ["noise", "default"]
+    assert resolve_families("all") == list(SHIFT_FAMILIES.values())
+    assert resolve_family_names("all") == list(SHIFT_FAMILIES)
+    assert resolve_family_names("noise, default") == ["noise", "default"]
+    with pytest.raises(ValueError) as e:
+        resolve_families("default,nope")
+    assert "'nope'" in str(e.value) and all(n in str(e.value) for n in SHIFT_FAMILIES)
+    with pytest.raises(ValueError, match="known"):
+        resolve_families(" , ")
+    one = combine_families("noise")
+    assert one is SHIFT_FAMILIES["noise"]
+    both = combine_families("default,blur_resolution")
+    assert both.name == "default+blur_resolution"
+    assert both.shifts == DEFAULT_SHIFT + SHIFT_FAMILIES["blur_resolution"].shifts
+    assert both.target_spacing == COARSE
+    assert combine_families("all").shifts == tuple(s for f in SHIFT_FAMILIES.values() for s in f.shifts)
+    other = ShiftFamily("thick", "5 mm slices", (), (5.0, 1.0, 1.0))
+    with pytest.raises(ValueError, match="different target spacings"):
+        combine_families([other, "blur_resolution"])
+    # A combined family writes like any other.
+    img, lab = make_case(case_rng(0, 0), PhantomSpec(), **both.as_kwargs())
+    assert img.shape == (9, 43, 43) and (img[lab > 0] > 0).all()
+
+
+def test_t1_contrast_family_is_moderate():
+    fam = SHIFT_FAMILIES["t1_contrast"]
+    ratios_src, ratios_tgt, fat_over_organ = [], [], []
+    for seed in range(8):
+        src, lab = make_case(case_rng(seed, 0), PhantomSpec())
+        tgt, _ = make_case(case_rng(seed, 0), PhantomSpec(), **fam.as_kwargs())
+        near = ph.ndimage.binary_dilation(lab == 1, iterations=3) & (lab == 0)
+        fat = (src > 0) & ~ph.ndimage.binary_erosion(src > 0, np.ones((1, 3, 3)))
+        ratios_src.append(np.median(src[lab == 1]) / np.median(src[near]))
+        ratios_tgt.append(np.median(tgt[lab == 1]) / np.median(tgt[near]))
+        fat_over_organ.append(np.median(tgt[fat]) / np.median(tgt[lab == 1]))
+    assert all(1.6 < t < s for s, t in zip(ratios_src, ratios_tgt))  # contrast lower, organ still clearly brighter
+    assert np.median(fat_over_organ) < 1.0  # in most cases the organ stays the brightest structure
+
+
+def test_cli_lists_families_and_rejects_unknown(capsys, tmp_path):
+    ph.main(["--list-families"])
+    out = capsys.readouterr().out
+    assert all(line.split(":")[0] in SHIFT_FAMILIES for line in out.strip().splitlines())
+    with pytest.raises(SystemExit):
+        ph.main([str(tmp_path / "raw"), str(tmp_path / "work"), "--families", "nope"])
+    assert "unknown shift family" in capsys.readouterr().err
+    assert not (tmp_path / "raw").exists()
+
+
+# ---------------------------------------------------------------------------------------------------- 2D
+
+
+@pytest.mark.parametrize("num_classes", [2, 3])
+def test_2d_cases_always_cut_the_organ(num_classes):
+    spec = PhantomSpec(shape=(1, 64, 64), num_classes=num_classes)
+    assert spec.is_2d and not PhantomSpec().is_2d
+    areas = []
+    for seed in range(20):
+        img, lab = make_case(case_rng(seed, 0), spec)
+        assert img.shape == lab.shape == (1, 64, 64)
+        assert set(np.unique(lab)) == set(range(num_classes))
+        assert (img[lab > 0] > 0).all() and img[0, 0, 0] == 0 and (img > 0).mean() > 0.4
+        assert np.median(img[lab == 1]) > 1.8 * np.median(img[(lab == 0) & (img > 0)])
+        areas.append(int((lab > 0).sum()))
+    assert min(areas) >= 0.8**2 * np.pi * 5**2 and max(areas) <= np.pi * 15**2 and max(areas) > 2 * min(areas)
+    for bad_z in (2, 3):
+        with pytest.raises(ValueError, match="2D"):
+            PhantomSpec(shape=(bad_z, 64, 64))
+
+
+def test_write_2d_dataset(tmp_path):
+    spec = PhantomSpec(shape=(1, 48, 56), spacing=(3.0, 0.8, 0.7))
+    d = write_dataset(tmp_path, 30, "Flat", 3, seed=2, spec=spec)
+    for i in range(3):
+        im = sitk.ReadImage(str(d / "imagesTr" / f"flat_{i:03d}_0000.nii.gz"))
+        lab_im = sitk.ReadImage(str(d / "labelsTr" / f"flat_{i:03d}.nii.gz"))
+        assert im.GetSize() == lab_im.GetSize() == (56, 48, 1)
+        assert np.allclose(im.GetSpacing(), (0.7, 0.8, 3.0)) and np.allclose(lab_im.GetSpacing(), (0.7, 0.8, 3.0))
+        img, lab = sitk.GetArrayFromImage(im), sitk.GetArrayFromImage(lab_im)
+        e_img, e_lab = make_case(case_rng(2, i), spec)
+        assert img.shape == (1, 48, 56) and np.array_equal(img, e_img) and np.array_equal(lab, e_lab)
+        assert (lab > 0).any() and (img[lab > 0] > 0).all()
+    # A 2D target with a family that changes the spacing: in-plane resampled, still one slice.
+    t = write_dataset(tmp_path, 31, "FlatT", 1, seed=2, spec=PhantomSpec(shape=(1, 64, 64)), labels_dir=tmp_path / "l",
+                      **SHIFT_FAMILIES["blur_resolution"].as_kwargs())
+    im = sitk.ReadImage(str(t / "imagesTr" / "flatt_000_0000.nii.gz"))
+    lab = _read(tmp_path / "l" / "flatt_000.nii.gz")
+    assert im.GetSize() == (43, 43, 1) and np.allclose(im.GetSpacing(), (1.5, 1.5, 4.0))
+    assert lab.shape == (1, 43, 43) and (lab > 0).any() and (sitk.GetArrayFromImage(im)[lab > 0] > 0).all()

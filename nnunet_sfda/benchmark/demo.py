@@ -6,16 +6,14 @@ three folders inside the demo's working folder, so the user's own datasets are n
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from nnunet_sfda.benchmark.commands import StepRunner, console_script, nnunet_env
 from nnunet_sfda.benchmark.phantom import DemoLayout, make_demo_datasets
 
 SOURCE_TRAINER = "nnUNetTrainer_sfdaShort"
@@ -46,60 +44,12 @@ def mean_foreground_dice(pred_dir: Path, label_dir: Path, case_ids: list[str], n
     return float(np.mean(scores))
 
 
-def source_label_ratios(preprocessed_config_folder: Path, num_classes: int) -> list[float]:
-    """Class ratios of the source's preprocessed labels: statistics a source site can ship with its model."""
-    from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2
-
-    dataset = nnUNetDatasetBlosc2(str(preprocessed_config_folder))
-    counts = np.zeros(num_classes)
-    for case in dataset.identifiers:
-        _, seg, _, _ = dataset.load_case(case)
-        seg = np.asarray(seg[:])
-        counts[0] += np.count_nonzero(seg <= 0)  # -1 marks air outside the crop's non-zero mask: still background
-        for k in range(1, num_classes):
-            counts[k] += np.count_nonzero(seg == k)
-    return (counts / counts.sum()).tolist()
-
-
-class _Runner:
-    """Runs one step after another with progress lines; each command's output goes to its own log file."""
-
-    def __init__(self, work: Path, env: dict[str, str], total_steps: int):
-        self.work, self.env, self.total, self.step = work, env, total_steps, 0
-        self.start = time.monotonic()
-        (work / "logs").mkdir(parents=True, exist_ok=True)
-
-    def run(self, title: str, command: list[str], log_name: str, extra_env: dict[str, str] | None = None) -> None:
-        self.step += 1
-        log = self.work / "logs" / f"{self.step:02d}_{log_name}.log"
-        print(f"[{self.step}/{self.total}] {title} ... (log: {log})", flush=True)
-        t0 = time.monotonic()
-        with open(log, "w") as f:
-            proc = subprocess.run(command, env={**self.env, **(extra_env or {})}, stdout=f, stderr=subprocess.STDOUT,
-                                  cwd=self.work)
-        if proc.returncode != 0:
-            tail = "".join(log.read_text().splitlines(keepends=True)[-25:])
-            raise RuntimeError(f"step '{title}' failed (exit {proc.returncode}); last lines of {log}:\n{tail}")
-        print(f"      done in {time.monotonic() - t0:.0f} s (total {time.monotonic() - self.start:.0f} s)", flush=True)
+#: how the demo's prior is shaped (the source labels' volume statistics carry no slice positions)
+DEMO_PRIOR_OPTIONS: tuple[str, ...] = ()
 
 
 def _describe(shifts) -> str:
     return ", ".join(s if isinstance(s, str) else f"{s[0]} {s[1]}" for s in shifts)
-
-
-def console_script(name: str) -> str:
-    """A console script of this environment (the caller may run without the venv being activated)."""
-    candidate = Path(sys.executable).parent / name
-    return str(candidate) if candidate.exists() else name
-
-
-def nnunet_env(work: Path, **extra: str) -> dict[str, str]:
-    """The environment with nnU-Net's three folders inside ``work`` and no ``nnUNet_sfda_*`` of the caller's."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("nnUNet_sfda_")}
-    env.update(nnUNet_raw=str(work / "nnUNet_raw"), nnUNet_preprocessed=str(work / "nnUNet_preprocessed"),
-               nnUNet_results=str(work / "nnUNet_results"), nnUNet_def_n_proc=env.get("nnUNet_def_n_proc", "2"),
-               nnUNet_compile=env.get("nnUNet_compile", "f"), **extra)
-    return env
 
 
 def run_demo(work: Path, overwrite: bool = False, device: str = "cpu", seed: int = 0) -> DemoResult:
@@ -109,7 +59,7 @@ def run_demo(work: Path, overwrite: bool = False, device: str = "cpu", seed: int
             raise FileExistsError(f"{work} exists and is not empty; pass --overwrite to replace it or choose -o")
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
-    raw, pre, res = work / "nnUNet_raw", work / "nnUNet_preprocessed", work / "nnUNet_results"
+    raw, res = work / "nnUNet_raw", work / "nnUNet_results"
     env = nnunet_env(work)
     train_env = {"nnUNet_n_proc_DA": env.get("nnUNet_n_proc_DA", "0"), "nnUNet_sfda_seed": str(seed)}
     # 150 supervised iterations reach a pseudo-Dice above 0.99 on the source phantom
@@ -122,7 +72,7 @@ def run_demo(work: Path, overwrite: bool = False, device: str = "cpu", seed: int
           f"(shift: {_describe(layout.shifts)})", flush=True)
     src, tgt = str(layout.source_dataset_id), str(layout.target_dataset_id)
     num_classes = len(json.loads((layout.source_dir / "dataset.json").read_text())["labels"])
-    runner = _Runner(work, env, total_steps=7)
+    runner = StepRunner(work, env, total_steps=7)
 
     runner.run("planning and preprocessing the source dataset",
                [console_script("nnUNetv2_plan_and_preprocess"), "-d", src, "-c", CONFIGURATION, "-np", "2"], "plan_source")
@@ -138,10 +88,9 @@ def run_demo(work: Path, overwrite: bool = False, device: str = "cpu", seed: int
     runner.run("prepare-target: preprocessing the target with the source plans",
                [console_script("nnunet-sfda"), "prepare-target", "-m", str(model_folder), "-d", tgt, "-c", CONFIGURATION,
                 "-np", "1"], "prepare_target")
-    ratios = source_label_ratios(pre / layout.source_dataset_name / f"nnUNetPlans_{CONFIGURATION}", num_classes)
-    runner.run("estimate-prior: class ratios from the source's label statistics",
-               [console_script("nnunet-sfda"), "estimate-prior", "-d", tgt, "--ratios", *[f"{r:.6f}" for r in ratios]],
-               "estimate_prior")
+    runner.run("estimate-prior: organ volumes of the source labels, applied to each target image",
+               [console_script("nnunet-sfda"), "estimate-prior", "-d", tgt, "--labels",
+                str(layout.source_dir / "labelsTr"), *DEMO_PRIOR_OPTIONS], "estimate_prior")
     runner.run("adapting with nnUNetTrainerSFDA (no source data, no target labels)",
                [console_script("nnUNetv2_train"), tgt, CONFIGURATION, "all", "-tr", "nnUNetTrainerSFDA", "-device", device],
                "adapt", train_env)

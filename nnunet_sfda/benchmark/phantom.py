@@ -13,6 +13,32 @@ anywhere, e.g. by test fixtures before nnU-Net's environment variables are set.
 
 Array convention: numpy arrays are indexed (z, y, x) and ``spacing`` is given in the same (z, y, x) order in mm.
 SimpleITK uses (x, y, z), so :func:`write_cases` reverses the spacing when it builds the image.
+
+Resolution / spacing change (``target_spacing``)
+    Not an entry of :data:`SHIFTS` (those keep the grid): :func:`make_case`, :func:`write_cases`,
+    :func:`write_dataset` and :func:`make_demo_datasets` take ``target_spacing=(z, y, x)`` in mm. The case is made at
+    ``spec.spacing`` exactly as without it (same random draws, so the anatomy in mm has the source's distribution),
+    then resampled by :func:`resample_case` onto a grid of that spacing with the same physical extent and centre
+    (:func:`resample_grid`: ``n_new = round(n * spacing / target_spacing)``); the intensity shifts are applied *after*
+    resampling, on the acquired grid (so e.g. noise has the requested std per target voxel). Images: area averaging
+    of the overlapped source voxels along every coarsened axis, linear interpolation along a refined one, both as
+    normalised convolution inside the body (air stays exactly 0, the body edge does not darken). Labels: the
+    resampled partial-volume fraction of each (nested) structure, thresholded so that its volume in mL is kept to
+    within about one target voxel (the voxels with the largest fractions); body = body fraction >= 0.5 or labelled,
+    so labels always lie where the image is > 0. The NIfTI carries the new spacing, the new size and an origin that keeps the grid centred on the source
+    grid. A single-slice (2D) spec keeps its one slice (only its nominal z spacing changes).
+
+Shift families (:data:`SHIFT_FAMILIES`)
+    Named target domains for the benchmark, each a :class:`ShiftFamily` = intensity shifts + optional target spacing.
+    ``default`` is :data:`DEFAULT_SHIFT`, the named default. :func:`resolve_families` turns ``"default,noise"`` or
+    ``"all"`` into families and :func:`combine_families` merges several into one target domain (shifts
+    concatenated in the given order; at most one distinct target spacing). See each family's description.
+
+2D data
+    ``PhantomSpec(shape=(1, y, x))`` makes single-slice cases, written as one-slice NIfTI (numpy (1, y, x)), which
+    nnU-Net plans as 2D data. The slice always cuts through the organ (at most 0.6 of the organ's z semi-axis from
+    its centre, so the section is >= 0.8 of the organ's full in-plane size) and through the lesion's centre, so
+    every 2D case contains every label; organ-free slices exist only in 3D cases.
 """
 
 from __future__ import annotations
@@ -38,6 +64,14 @@ __all__ = [
     "ShiftLike",
     "SHIFTS",
     "DEFAULT_SHIFT",
+    "LOW_CONTRAST_LEVELS",
+    "ShiftFamily",
+    "SHIFT_FAMILIES",
+    "resolve_families",
+    "resolve_family_names",
+    "combine_families",
+    "resample_grid",
+    "resample_case",
     "shift_contrast",
     "shift_bias_field",
     "shift_noise",
@@ -63,7 +97,8 @@ T2_LEVELS: Mapping[str, float] = {"air": 0.0, "tissue": 300.0, "lesion": 430.0, 
 
 #: Mean intensity of each tissue class at full strength of the ``contrast`` shift (T1-like weighting). The organ is then
 #: *darker* than the surrounding tissue with a much smaller contrast (|organ - tissue| = 80 instead of 460), fat becomes
-#: the brightest structure, and the lesion turns brighter than the organ. The default shift goes only part of the way.
+#: the brightest structure, and the lesion turns brighter than the organ. The ``t1_contrast`` family goes only part of
+#: the way.
 T1_LEVELS: Mapping[str, float] = {"air": 0.0, "tissue": 440.0, "lesion": 470.0, "fat": 900.0, "organ": 360.0}
 
 #: Label names per ``num_classes`` (background included), in label-value order.
@@ -80,7 +115,7 @@ class PhantomSpec:
     """Geometry and content parameters of one phantom family. All ranges ``(lo, hi)`` are sampled uniformly per case.
 
     Attributes:
-        shape: volume shape (z, y, x) in voxels.
+        shape: volume shape (z, y, x) in voxels; z is 1 (a 2D case: one slice through the organ) or at least 4.
         spacing: voxel spacing (z, y, x) in mm. Written to NIfTI in SimpleITK's (x, y, z) order.
         num_classes: number of classes including background: 2 (organ) or 3 (organ + lesion).
         body_fill_yx: per-axis ranges of the body's in-plane semi-axes as a fraction of half the field of view (y, x).
@@ -120,8 +155,8 @@ class PhantomSpec:
     def __post_init__(self) -> None:
         self.shape = tuple(int(s) for s in self.shape)  # type: ignore[assignment]
         self.spacing = tuple(float(s) for s in self.spacing)  # type: ignore[assignment]
-        if len(self.shape) != 3 or min(self.shape) < 4:
-            raise ValueError(f"shape must be 3 sizes (z, y, x) of at least 4 voxels, got {self.shape}")
+        if len(self.shape) != 3 or not (self.shape[0] == 1 or self.shape[0] >= 4) or min(self.shape[1:]) < 4:
+            raise ValueError(f"shape must be 3 sizes (z, y, x), z = 1 (2D) or >= 4 (3D), got {self.shape}")
         if self.shape[1] < 32 or self.shape[2] < 32:
             raise ValueError(f"in-plane size must be at least 32x32 to fit body and organ, got {self.shape}")
         if len(self.spacing) != 3 or min(self.spacing) <= 0:
@@ -133,6 +168,11 @@ class PhantomSpec:
             raise ValueError(f"levels lacks {sorted(missing)}")
         if min(v for k, v in self.levels.items() if k != "air") <= 0:
             raise ValueError("all non-air levels must be positive")
+
+    @property
+    def is_2d(self) -> bool:
+        """True for single-slice specs (``shape[0] == 1``), written as one-slice NIfTI that nnU-Net treats as 2D."""
+        return self.shape[0] == 1
 
     @property
     def label_names(self) -> tuple[str, ...]:
@@ -357,6 +397,263 @@ def apply_shifts(
 
 
 # --------------------------------------------------------------------------------------------------------------------
+# Resolution / spacing change: resampling onto another grid with the same physical extent
+# --------------------------------------------------------------------------------------------------------------------
+
+Spacing = tuple[float, float, float]
+
+
+def _as_spacing(spacing: Sequence[float], what: str = "target_spacing") -> Spacing:
+    sp = tuple(float(s) for s in spacing)
+    if len(sp) != 3 or not all(np.isfinite(sp)) or min(sp) <= 0:
+        raise ValueError(f"{what} must be 3 positive values (z, y, x) in mm, got {spacing!r}")
+    return sp  # type: ignore[return-value]
+
+
+def _axis_size(n_in: int, s_in: float, s_out: float) -> int:
+    return 1 if n_in == 1 else max(1, round(n_in * s_in / s_out))
+
+
+def resample_grid(
+    shape: Sequence[int], spacing: Sequence[float], target_spacing: Sequence[float]
+) -> tuple[tuple[int, int, int], Spacing]:
+    """The grid :func:`resample_case` produces: ``(new_shape, origin_zyx)``.
+
+    ``new_shape[a] = max(1, round(shape[a] * spacing[a] / target_spacing[a]))`` (a size-1 axis stays 1), so the
+    physical extent ``shape * spacing`` is kept up to rounding. Both grids share their centre; ``origin_zyx`` is the
+    position in mm of the new voxel (0, 0, 0) when the source voxel (0, 0, 0) lies at 0 (it is written as the NIfTI
+    origin, so source and resampled cases overlay).
+    """
+    spacing, target_spacing = _as_spacing(spacing, "spacing"), _as_spacing(target_spacing)
+    new_shape = tuple(_axis_size(int(n), s, t) for n, s, t in zip(shape, spacing, target_spacing))
+    origin = tuple(
+        (int(n) - 1) / 2 * s - (m - 1) / 2 * t if n > 1 else 0.0
+        for n, m, s, t in zip(shape, new_shape, spacing, target_spacing)
+    )
+    return new_shape, origin  # type: ignore[return-value]
+
+
+def _axis_operator(n_in: int, s_in: float, s_out: float, nearest: bool = False) -> np.ndarray | None:
+    """(n_out, n_in) row-normalised weights along one axis, or None when the axis is unchanged.
+
+    Coarsening (s_out > s_in): each new voxel averages the source voxels its footprint overlaps, weighted by the
+    overlap length (area averaging). Refining: linear interpolation between the two nearest source voxel centres.
+    ``nearest``: one-hot rows picking the source voxel nearest to each new voxel centre.
+    """
+    n_out = _axis_size(n_in, s_in, s_out)
+    if n_in == 1 or (s_in == s_out and n_out == n_in):
+        return None
+    f = s_out / s_in  # new voxel size in source voxels
+    c = (np.arange(n_out) - (n_out - 1) / 2) * f + (n_in - 1) / 2  # new voxel centres, source index coordinates
+    i = np.arange(n_in)
+    if nearest:
+        w = (np.clip(np.round(c), 0, n_in - 1).astype(int)[:, None] == i[None, :]).astype(np.float64)
+    elif f > 1.0:
+        lo, hi = c[:, None] - f / 2, c[:, None] + f / 2
+        w = np.clip(np.minimum(hi, i[None, :] + 0.5) - np.maximum(lo, i[None, :] - 0.5), 0.0, None)
+    else:
+        p = np.clip(c, 0, n_in - 1)
+        i0 = np.floor(p).astype(int)
+        i1 = np.minimum(i0 + 1, n_in - 1)
+        a = p - i0
+        w = np.zeros((n_out, n_in))
+        np.add.at(w, (np.arange(n_out), i0), 1.0 - a)
+        np.add.at(w, (np.arange(n_out), i1), a)
+    return w / w.sum(axis=1, keepdims=True)
+
+
+def _apply_operators(vol: np.ndarray, ops: Sequence[np.ndarray | None]) -> np.ndarray:
+    # einsum without BLAS: a fixed summation order, so results are byte-identical run to run.
+    out = vol.astype(np.float64)
+    for axis, w in enumerate(ops):
+        if w is not None:
+            out = np.moveaxis(np.einsum("ai,i...->a...", w, np.moveaxis(out, axis, 0), optimize=False), 0, axis)
+    return np.ascontiguousarray(out)
+
+
+def _top_k_mask(fraction: np.ndarray, nearest: np.ndarray, allowed: np.ndarray) -> np.ndarray:
+    """The k = round(sum(fraction)) voxels of ``allowed`` with the largest fraction (ties: nearest-neighbour label
+    first, then raster order): the volume-preserving threshold of a partial-volume map."""
+    k = round(float(fraction.sum()))
+    cand = np.flatnonzero(allowed & (fraction > 0))
+    k = min(k, cand.size)
+    mask = np.zeros(fraction.size, dtype=bool)
+    if k > 0:
+        order = np.lexsort((cand, -nearest.ravel()[cand], -fraction.ravel()[cand]))
+        mask[cand[order[:k]]] = True
+    return mask.reshape(fraction.shape)
+
+
+def resample_case(
+    image: np.ndarray, labels: np.ndarray, spacing: Sequence[float], target_spacing: Sequence[float]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Resample a case (float image, uint labels; (z, y, x) at ``spacing``) onto ``target_spacing``.
+
+    The grid is :func:`resample_grid`'s (same extent and centre). Image: area averaging along coarsened axes, linear
+    interpolation along refined ones, computed as normalised convolution A(image) / A(body) so the body does not
+    darken at its edge. Labels are taken as nested (label >= v inside label >= v - 1, as lesion inside organ): for
+    each v the resampled fraction F_v of ``labels >= v`` is thresholded volume-preservingly, keeping the
+    round(sum F_v) voxels with the largest F_v (inside the previous level; ties to the nearest-neighbour label). A
+    plain 0.5 threshold (majority vote) shrinks small convex organs by ~7% and nearest neighbour scatters volumes by
+    up to +-25% per case; this keeps each structure's volume in mL to within about one target voxel.
+    New body = body fraction >= 0.5 or labelled: air stays exactly 0 and every labelled voxel is > 0.
+    Deterministic (no random numbers). Returns (float32 image, labels of the input dtype).
+    """
+    spacing, target_spacing = _as_spacing(spacing, "spacing"), _as_spacing(target_spacing)
+    if image.shape != labels.shape or image.ndim != 3:
+        raise ValueError(f"image and labels must be 3D arrays of one shape, got {image.shape} and {labels.shape}")
+    ops = [_axis_operator(n, s, t) for n, s, t in zip(image.shape, spacing, target_spacing)]
+    if all(w is None for w in ops):
+        return image.astype(np.float32), labels.copy()
+    nn_ops = [_axis_operator(n, s, t, nearest=True) for n, s, t in zip(image.shape, spacing, target_spacing)]
+    body = image > 0
+    num = _apply_operators(np.where(body, image, 0.0), ops)
+    den = _apply_operators(body, ops)
+    new_labels = np.zeros(num.shape, dtype=labels.dtype)
+    level = np.ones(num.shape, dtype=bool)
+    for v in range(1, int(labels.max()) + 1):
+        inside = labels >= v
+        level = _top_k_mask(_apply_operators(inside, ops), _apply_operators(inside, nn_ops), level)
+        new_labels[level] = v
+    new_body = (den >= 0.5) | (new_labels > 0)
+    out = np.divide(num, den, out=np.zeros_like(num), where=new_body & (den > 0))
+    return _finalize(out, new_body), new_labels
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Named shift families (target domains of the benchmark)
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ShiftFamily:
+    """A named target domain: intensity ``shifts`` (applied in order, see :data:`SHIFTS`) and an optional
+    ``target_spacing`` (z, y, x) in mm the target is acquired at (None: the spec's spacing).
+
+    ``write_dataset(..., **family.as_kwargs())`` writes it. Spacings are absolute, chosen for the default
+    ``PhantomSpec().spacing`` of (3, 1, 1) mm.
+    """
+
+    name: str
+    description: str
+    shifts: tuple[Any, ...] = ()
+    target_spacing: Spacing | None = None
+
+    def __post_init__(self) -> None:
+        _normalize_shifts(self.shifts)  # unknown shift names fail here
+        object.__setattr__(self, "shifts", tuple(self.shifts))
+        if self.target_spacing is not None:
+            object.__setattr__(self, "target_spacing", _as_spacing(self.target_spacing))
+
+    def as_kwargs(self) -> dict[str, Any]:
+        """``{"shifts": ..., "target_spacing": ...}`` for :func:`write_dataset`, :func:`write_cases`,
+        :func:`make_case` and :func:`make_demo_datasets`."""
+        return {"shifts": self.shifts, "target_spacing": self.target_spacing}
+
+
+def _families(*families: ShiftFamily) -> dict[str, ShiftFamily]:
+    return {f.name: f for f in families}
+
+
+#: The benchmark's target domains, by name. Strengths other than ``default``'s are untested by training (no source
+#: model was run on them); they are chosen from the class levels alone. ``t1_contrast``: the source model keys on
+#: "organ = brightest structure"; T1-like weighting makes fat brighter than the organ, and at strength (0.2, 0.4) (fat
+#: rim brighter than the organ in ~77% of cases, measured on 60 phantoms) the source model segmented the fat rim. At
+#: (0.1, 0.2) that happens in ~22% of cases ((0.05, 0.15): ~8%, (0.3, 0.5): ~98%), with the organ-to-tissue ratio
+#: down from 2.6 to 2.2: a moderate, partly T1-like shift; pass other strengths via a custom ShiftFamily.
+SHIFT_FAMILIES: dict[str, ShiftFamily] = _families(
+    ShiftFamily(
+        "default",
+        "the named default (DEFAULT_SHIFT): low tissue contrast (LOW_CONTRAST_LEVELS, strength 0.9-1.0), "
+        "Rician noise sigma 40, blur sigma 1 voxel in-plane; source spacing",
+        DEFAULT_SHIFT,
+    ),
+    ShiftFamily(
+        "t1_contrast",
+        "T2-like source -> partly T1-like target: contrast toward T1_LEVELS at strength 0.1-0.2 per case "
+        "(median organ/nearby-tissue 2.6 -> 2.2; fat rim/organ 0.81 -> 0.94, fat brighter than the organ in ~1/5 "
+        "of cases)",
+        (("contrast", {"target_levels": T1_LEVELS, "strength": (0.1, 0.2)}),),
+    ),
+    ShiftFamily(
+        "bias_field",
+        "smooth multiplicative coil field exp(0.35 g), g a random degree-3 polynomial with max |g| = 1 "
+        "(field 0.70..1.42)",
+        (("bias_field", {"strength": 0.35, "order": 3}),),
+    ),
+    ShiftFamily(
+        "noise",
+        "Rician noise sigma 50 (source tissue ~300, organ ~760: tissue SNR ~6)",
+        (("noise", {"sigma": 50.0, "kind": "rician"}),),
+    ),
+    ShiftFamily(
+        "blur_resolution",
+        "acquired at 4.0 x 1.5 x 1.5 mm (z, y, x; source 3 x 1 x 1) by area averaging, then Gaussian blur "
+        "sigma 0.75 target voxels in-plane (~1.1 mm)",
+        (("blur", {"sigma": 0.75, "sigma_z": 0.0}),),
+        (4.0, 1.5, 1.5),
+    ),
+    ShiftFamily(
+        "invert",
+        "MR -> CT-like intensity inversion inside the body (I -> max + min - I): every intensity ordering reversed",
+        ("invert",),
+    ),
+)
+
+
+def resolve_families(names: str | Sequence[str]) -> list[ShiftFamily]:
+    """Families from names: ``"default,noise"``, ``["default", "noise"]`` or ``"all"`` (every family, in
+    :data:`SHIFT_FAMILIES` order). Order is kept, duplicates are dropped. Raises ValueError listing the known names
+    for an unknown or empty selection."""
+    tokens = [t.strip() for t in (names.split(",") if isinstance(names, str) else names)]
+    tokens = [t for t in tokens if t]
+    known = ", ".join(SHIFT_FAMILIES)
+    if not tokens:
+        raise ValueError(f"no shift family given; known: {known} (or 'all')")
+    out: list[ShiftFamily] = []
+    for t in tokens:
+        if t == "all":
+            chosen = list(SHIFT_FAMILIES.values())
+        elif t in SHIFT_FAMILIES:
+            chosen = [SHIFT_FAMILIES[t]]
+        else:
+            raise ValueError(f"unknown shift family {t!r}; known: {known} (or 'all')")
+        out.extend(f for f in chosen if f not in out)
+    return out
+
+
+def resolve_family_names(names: str | Sequence[str]) -> list[str]:
+    """Like :func:`resolve_families`, but the names (JSON-friendly keys of :data:`SHIFT_FAMILIES`)."""
+    return [f.name for f in resolve_families(names)]
+
+
+def combine_families(families: str | Sequence[str | ShiftFamily]) -> ShiftFamily:
+    """One target domain from several families (names as for :func:`resolve_families`, or ShiftFamily objects).
+
+    Shifts are concatenated in the given order (they are applied in that order); the target spacing is the one
+    non-None spacing among them (ValueError if two families ask for different spacings). Name: ``"a+b"``.
+    """
+    fams: list[ShiftFamily] = []
+    for item in [families] if isinstance(families, str) else families:
+        for f in resolve_families(item) if isinstance(item, str) else [item]:
+            if f not in fams:
+                fams.append(f)
+    if not fams:
+        raise ValueError("no shift family given")
+    if len(fams) == 1:
+        return fams[0]
+    spacings = {f.target_spacing for f in fams if f.target_spacing is not None}
+    if len(spacings) > 1:
+        raise ValueError(f"families {[f.name for f in fams]} ask for different target spacings {sorted(spacings)}")
+    return ShiftFamily(
+        "+".join(f.name for f in fams),
+        "; ".join(f"{f.name}: {f.description}" for f in fams),
+        tuple(s for f in fams for s in f.shifts),
+        next(iter(spacings), None),
+    )
+
+
+# --------------------------------------------------------------------------------------------------------------------
 # Phantom synthesis
 # --------------------------------------------------------------------------------------------------------------------
 
@@ -401,23 +698,32 @@ def _anatomy(rng: np.random.Generator, spec: PhantomSpec) -> tuple[np.ndarray, n
 
     labels = np.zeros(spec.shape, dtype=np.uint8)
 
-    # Organ: ellipsoid inside the inner body (margin 2 voxels), covering only some slices.
-    allowed = ndimage.binary_erosion(inner, iterations=2)
+    # Organ: ellipsoid inside the inner body (margin 2 voxels), covering only some slices. 2D (one slice): the slice
+    # cuts the organ within 0.6 of its z semi-axis from its centre, so every 2D case has an organ section.
+    two_d = nz == 1
+    if two_d:  # erode in-plane only (a 3D erosion would remove the single slice)
+        allowed = ndimage.binary_erosion(inner, ndimage.generate_binary_structure(3, 1)[1:2], iterations=2)
+    else:
+        allowed = ndimage.binary_erosion(inner, iterations=2)
     dz_mm = spec.spacing[0]
     max_az = max((nz - 2) / 2 - 0.5, 1.0)  # keep at least ~2 slices organ-free
     organ = None
     for _ in range(200):
         ay, ax = rng.uniform(*spec.organ_semi_axes_px, size=2)
-        az = min(rng.uniform(*spec.organ_semi_axis_z_mm) / dz_mm, max_az)
+        az = rng.uniform(*spec.organ_semi_axis_z_mm) / dz_mm
+        az = az if two_d else min(az, max_az)
         theta = np.deg2rad(rng.uniform(-spec.organ_max_rotation_deg, spec.organ_max_rotation_deg))
-        czz = rng.uniform(az - 0.5, nz - 0.5 - az) if nz - 1 > 2 * az - 1 else (nz - 1) / 2
+        if two_d:
+            czz = rng.uniform(-0.6, 0.6) * az
+        else:
+            czz = rng.uniform(az - 0.5, nz - 0.5 - az) if nz - 1 > 2 * az - 1 else (nz - 1) / 2
         r = np.sqrt(rng.uniform(0, 1))
         phi = rng.uniform(0, 2 * np.pi)
         oy = cy + r * np.sin(phi) * max(ry - t - ay, 0)
         ox = cx + r * np.cos(phi) * max(rx - t - ax, 0)
         cand = _ellipsoid(grid, (czz, oy, ox), (az, ay, ax), theta)
         zs = cand.any(axis=(1, 2))
-        if cand.any() and not (cand & ~allowed).any() and not zs.all():
+        if cand.any() and not (cand & ~allowed).any() and (two_d or not zs.all()):
             organ = cand
             break
     if organ is None:  # tiny fields of view: a small centred organ
@@ -435,19 +741,27 @@ def _anatomy(rng: np.random.Generator, spec: PhantomSpec) -> tuple[np.ndarray, n
         lcy = oy + c * du + s * dv
         lcx = ox - s * du + c * dv
         lcz = czz + rng.uniform(-0.3, 0.3) * az
+        if two_d:
+            lcz = 0.0  # the slice cuts the lesion through its centre
         lesion = _ellipsoid(grid, (lcz, lcy, lcx), (lz, ly, lx), rng.uniform(0, np.pi)) & organ
         if not lesion.any():  # cannot happen for sane specs; keep label 2 present anyway
-            lesion = _ellipsoid(grid, (czz, oy, ox), (1.0, 2.0, 2.0), 0.0) & organ
+            lesion = _ellipsoid(grid, (0.0 if two_d else czz, oy, ox), (1.0, 2.0, 2.0), 0.0) & organ
         labels[lesion] = 2
     return tissue_cls, labels
 
 
 def make_case(
-    rng: np.random.Generator, spec: PhantomSpec | None = None, shifts: Sequence[ShiftLike] | str = ()
+    rng: np.random.Generator,
+    spec: PhantomSpec | None = None,
+    shifts: Sequence[ShiftLike] | str = (),
+    target_spacing: Sequence[float] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One phantom case: (float32 image, uint8 labels), both shaped ``spec.shape`` (z, y, x).
+    """One phantom case: (float32 image, uint8 labels), both shaped ``spec.shape`` (z, y, x), or the
+    :func:`resample_grid` shape when ``target_spacing`` is given.
 
-    The image is the source-domain (T2-like) image, then ``shifts`` applied in order (see :data:`SHIFTS`). Air is
+    The image is the source-domain (T2-like) image at ``spec.spacing``; with ``target_spacing`` (z, y, x mm) image
+    and labels are then resampled by :func:`resample_case` (no random numbers are used, so the anatomy equals that of
+    the same case without it); finally ``shifts`` are applied in order (see :data:`SHIFTS`) on that grid. Air is
     exactly 0, body voxels are > 0. Labels: 0 background, 1 organ, 2 lesion (only if ``spec.num_classes == 3``).
     """
     spec = spec or PhantomSpec()
@@ -466,6 +780,8 @@ def make_case(
     body = tissue_cls > 0
     image = _finalize(level_map * np.clip(mult, 0.2, None), body)
 
+    if target_spacing is not None:
+        image, labels = resample_case(image, labels, spec.spacing, target_spacing)
     image = apply_shifts(image, labels, rng, shifts)
     return image, labels
 
@@ -483,10 +799,12 @@ def case_ids_for(name: str, num_cases: int) -> list[str]:
     return [f"{name.lower()}_{i:03d}" for i in range(num_cases)]
 
 
-def _to_sitk(arr: np.ndarray, spacing_zyx: Sequence[float]) -> sitk.Image:
+def _to_sitk(
+    arr: np.ndarray, spacing_zyx: Sequence[float], origin_zyx: Sequence[float] = (0.0, 0.0, 0.0)
+) -> sitk.Image:
     img = sitk.GetImageFromArray(arr)  # numpy (z, y, x) -> SimpleITK (x, y, z)
     img.SetSpacing(tuple(float(s) for s in reversed(tuple(spacing_zyx))))
-    img.SetOrigin((0.0, 0.0, 0.0))
+    img.SetOrigin(tuple(float(o) for o in reversed(tuple(origin_zyx))))
     img.SetDirection((1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
     return img
 
@@ -500,13 +818,21 @@ def write_cases(
     spec: PhantomSpec | None = None,
     shifts: Sequence[ShiftLike] | str = (),
     overwrite: bool = False,
+    target_spacing: Sequence[float] | None = None,
 ) -> list[Path]:
     """Write ``images_dir/{case}_0000.nii.gz`` and (unless ``labels_dir`` is None) ``labels_dir/{case}.nii.gz``.
 
-    Case ``i`` of ``case_ids`` is made from :func:`case_rng(seed, i) <case_rng>`. Refuses to replace an existing file
-    unless ``overwrite`` (FileExistsError naming it). Returns the image paths.
+    Case ``i`` of ``case_ids`` is :func:`make_case(case_rng(seed, i), spec, shifts, target_spacing) <make_case>`,
+    written with spacing ``target_spacing or spec.spacing`` (and, when resampled, the :func:`resample_grid` origin).
+    Refuses to replace an existing file unless ``overwrite`` (FileExistsError naming it). Returns the image paths.
     """
     spec = spec or PhantomSpec()
+    _normalize_shifts(shifts)  # fail on an unknown shift before writing anything
+    if target_spacing is None:
+        out_spacing, origin = spec.spacing, (0.0, 0.0, 0.0)
+    else:
+        out_spacing = _as_spacing(target_spacing)
+        _, origin = resample_grid(spec.shape, spec.spacing, out_spacing)
     images_dir = Path(images_dir)
     labels_dir = None if labels_dir is None else Path(labels_dir)
     targets = [
@@ -521,10 +847,10 @@ def write_cases(
     if labels_dir is not None:
         labels_dir.mkdir(parents=True, exist_ok=True)
     for i, (ip, lp) in enumerate(targets):
-        image, labels = make_case(case_rng(seed, i), spec, shifts)
-        sitk.WriteImage(_to_sitk(image, spec.spacing), str(ip), useCompression=True)
+        image, labels = make_case(case_rng(seed, i), spec, shifts, target_spacing)
+        sitk.WriteImage(_to_sitk(image, out_spacing, origin), str(ip), useCompression=True)
         if lp is not None:
-            sitk.WriteImage(_to_sitk(labels, spec.spacing), str(lp), useCompression=True)
+            sitk.WriteImage(_to_sitk(labels, out_spacing, origin), str(lp), useCompression=True)
     return [ip for ip, _ in targets]
 
 
@@ -542,10 +868,15 @@ def write_dataset(
     shifts: Sequence[ShiftLike] | str = (),
     labels_dir: LabelsDir = "in_dataset",
     overwrite: bool = False,
+    target_spacing: Sequence[float] | None = None,
 ) -> Path:
     """Write an nnU-Net v2 raw dataset ``raw_root/Dataset{id:03d}_{name}`` and return its folder.
 
     Images go to ``imagesTr/{case}_0000.nii.gz`` with case ids ``{name.lower()}_{i:03d}``, plus ``dataset.json``.
+    ``shifts`` and ``target_spacing`` (z, y, x mm; None keeps ``spec.spacing``) define the domain, see
+    :func:`make_case`; a :class:`ShiftFamily` gives both via ``**family.as_kwargs()``. ``dataset.json`` records them
+    under ``sfda_phantom`` (``shape_zyx`` / ``spacing_zyx`` are the written grid; ``resampled_from`` the generated
+    one, only when resampled).
 
     labels_dir:
         ``"in_dataset"`` (default): a labelled dataset, labels in ``labelsTr/{case}.nii.gz``.
@@ -557,6 +888,9 @@ def write_dataset(
     it first. Another folder with the same dataset id but a different name is always refused (nnU-Net would find two).
     """
     spec = spec or PhantomSpec()
+    _normalize_shifts(shifts)
+    if target_spacing is not None:
+        target_spacing = _as_spacing(target_spacing)
     if not (isinstance(dataset_id, (int, np.integer)) and 1 <= int(dataset_id) <= 999):
         raise ValueError(f"dataset_id must be an int in 1..999, got {dataset_id!r}")
     if not _NAME_RE.match(name):
@@ -587,13 +921,24 @@ def write_dataset(
         shutil.rmtree(ds_dir)
 
     case_ids = case_ids_for(name, num_cases)
-    write_cases(ds_dir / "imagesTr", lab_dir, case_ids, seed=seed, spec=spec, shifts=shifts, overwrite=overwrite)
+    write_cases(
+        ds_dir / "imagesTr",
+        lab_dir,
+        case_ids,
+        seed=seed,
+        spec=spec,
+        shifts=shifts,
+        overwrite=overwrite,
+        target_spacing=target_spacing,
+    )
 
+    domain = [] if not shifts else ["shifted: " + ", ".join(n for n, _ in _normalize_shifts(shifts))]
+    if target_spacing is not None:
+        domain.append("resampled to " + " x ".join(f"{t:g}" for t in target_spacing) + " mm (z, y, x)")
+    out_shape = spec.shape if target_spacing is None else resample_grid(spec.shape, spec.spacing, target_spacing)[0]
     dataset_json = {
         "name": name,
-        "description": "Synthetic SFDA phantom ("
-        + ("source domain" if not shifts else "shifted: " + ", ".join(n for n, _ in _normalize_shifts(shifts)))
-        + ")",
+        "description": "Synthetic SFDA phantom (" + ("; ".join(domain) or "source domain") + ")",
         "channel_names": {"0": spec.channel_name},
         "labels": spec.labels_dict,
         "numTraining": int(num_cases),
@@ -602,10 +947,15 @@ def write_dataset(
             "seed": int(seed),
             "shifts": _shift_names(shifts),
             "labelled": labelled,
-            "shape_zyx": list(spec.shape),
-            "spacing_zyx": list(spec.spacing),
+            "shape_zyx": list(out_shape),
+            "spacing_zyx": list(spec.spacing if target_spacing is None else target_spacing),
         },
     }
+    if target_spacing is not None:
+        dataset_json["sfda_phantom"]["resampled_from"] = {
+            "shape_zyx": list(spec.shape),
+            "spacing_zyx": list(spec.spacing),
+        }
     (ds_dir / "dataset.json").write_text(json.dumps(dataset_json, indent=2))
     return ds_dir
 
@@ -635,6 +985,7 @@ class DemoLayout:
     target_test_case_ids: list[str]
     shifts: tuple[Any, ...]
     seed: int
+    target_spacing: Spacing | None = None  # spacing of the target and test cases; None: the spec's
 
 
 def _split_seed(seed: int, split: int) -> int:
@@ -656,6 +1007,7 @@ def make_demo_datasets(
     source_name: str = "SFDADemoSource",
     target_name: str = "SFDADemoTarget",
     overwrite: bool = False,
+    target_spacing: Sequence[float] | None = None,
 ) -> DemoLayout:
     """Write the demo's source dataset (labelled), target dataset (unlabelled) and target test cases.
 
@@ -664,10 +1016,15 @@ def make_demo_datasets(
       ``work_dir/target_labels_tr``.
     - ``work_dir/target_test/images`` + ``work_dir/target_test/labels``: ``num_target_test`` further shifted cases.
 
-    Each split gets its own seed derived from ``seed``. With ``overwrite`` the two dataset folders and the two work_dir
-    folders are replaced; otherwise any of them existing raises FileExistsError.
+    Each split gets its own seed derived from ``seed``. ``shifts`` and ``target_spacing`` (see :func:`make_case`)
+    apply to the target and test cases only; a :class:`ShiftFamily` gives both via ``**family.as_kwargs()``. With
+    ``overwrite`` the two dataset folders and the two work_dir folders are replaced; otherwise any of them existing
+    raises FileExistsError.
     """
     spec = spec or PhantomSpec()
+    _normalize_shifts(shifts)
+    if target_spacing is not None:
+        target_spacing = _as_spacing(target_spacing)
     raw_root, work_dir = Path(raw_root), Path(work_dir)
     labels_tr = work_dir / "target_labels_tr"
     test_root = work_dir / "target_test"
@@ -689,11 +1046,26 @@ def make_demo_datasets(
         raw_root, source_id, source_name, num_source, _split_seed(seed, 0), spec, (), "in_dataset", overwrite
     )
     tgt_dir = write_dataset(
-        raw_root, target_id, target_name, num_target, _split_seed(seed, 1), spec, shifts, labels_tr, overwrite
+        raw_root,
+        target_id,
+        target_name,
+        num_target,
+        _split_seed(seed, 1),
+        spec,
+        shifts,
+        labels_tr,
+        overwrite,
+        target_spacing=target_spacing,
     )
     test_ids = [f"{target_name.lower()}_test_{i:03d}" for i in range(num_target_test)]
     write_cases(
-        test_root / "images", test_root / "labels", test_ids, seed=_split_seed(seed, 2), spec=spec, shifts=shifts
+        test_root / "images",
+        test_root / "labels",
+        test_ids,
+        seed=_split_seed(seed, 2),
+        spec=spec,
+        shifts=shifts,
+        target_spacing=target_spacing,
     )
     return DemoLayout(
         raw_root=raw_root,
@@ -712,18 +1084,33 @@ def make_demo_datasets(
         target_test_case_ids=test_ids,
         shifts=tuple(_shift_names(shifts)),
         seed=int(seed),
+        target_spacing=target_spacing,
     )
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m nnunet_sfda.benchmark.phantom RAW_ROOT WORK_DIR [--seed N] [--overwrite]``: write the demo data."""
+    """``python -m nnunet_sfda.benchmark.phantom RAW_ROOT WORK_DIR [--seed N] [--families NAMES] [--overwrite]``:
+    write the demo data; ``--families`` (default ``default``) picks the target domain from SHIFT_FAMILIES, several
+    comma-separated names are combined. ``--list-families`` prints the families and exits."""
     p = argparse.ArgumentParser(description=main.__doc__)
-    p.add_argument("raw_root", type=Path)
-    p.add_argument("work_dir", type=Path)
+    p.add_argument("raw_root", type=Path, nargs="?")
+    p.add_argument("work_dir", type=Path, nargs="?")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--families", default="default", help=f"comma-separated, from: {', '.join(SHIFT_FAMILIES)}")
+    p.add_argument("--list-families", action="store_true")
     p.add_argument("--overwrite", action="store_true")
     a = p.parse_args(argv)
-    layout = make_demo_datasets(a.raw_root, a.work_dir, a.seed, overwrite=a.overwrite)
+    if a.list_families:
+        for fam in SHIFT_FAMILIES.values():
+            print(f"{fam.name}: {fam.description}")
+        return
+    if a.raw_root is None or a.work_dir is None:
+        p.error("RAW_ROOT and WORK_DIR are required")
+    try:
+        family = combine_families(a.families)
+    except ValueError as e:
+        p.error(str(e))
+    layout = make_demo_datasets(a.raw_root, a.work_dir, a.seed, overwrite=a.overwrite, **family.as_kwargs())
     for k, v in vars(layout).items():
         print(f"{k}: {v}")
 

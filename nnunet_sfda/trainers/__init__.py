@@ -6,6 +6,8 @@ from nnunet_sfda.trainers.variants import (
     nnUNetTrainerSFDA_batchMarginal,
     nnUNetTrainerSFDA_entropyOnly,
     nnUNetTrainerSFDA_perSample,
+    nnUNetTrainerSFDA_tent,
+    nnUNetTrainerSFDA_trueSize,
 )
 
 __all__ = [
@@ -14,5 +16,7 @@ __all__ = [
     "nnUNetTrainerSFDA_batchMarginal",
     "nnUNetTrainerSFDA_entropyOnly",
     "nnUNetTrainerSFDA_perSample",
+    "nnUNetTrainerSFDA_tent",
+    "nnUNetTrainerSFDA_trueSize",
     "nnUNetTrainer_sfdaShort",
 ]

@@ -2,8 +2,13 @@
 from __future__ import annotations
 
 import torch
+from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
+from torch import nn
 
+from nnunet_sfda.losses import AdaMILoss
 from nnunet_sfda.trainers.sfda import nnUNetTrainerSFDA
+
+_NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 
 
 class nnUNetTrainerSFDA_perSample(nnUNetTrainerSFDA):
@@ -37,3 +42,39 @@ class nnUNetTrainerSFDA_Adam(nnUNetTrainerSFDA):
     def configure_optimizers(self):
         optimizer = torch.optim.Adam(self.network.parameters(), lr=self.initial_lr)
         return optimizer, torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+
+
+class nnUNetTrainerSFDA_trueSize(nnUNetTrainerSFDA):
+    """Analysis only: accepts a true-size prior (measured on the target's own labels) to bound what a perfect prior
+    could give. Never an adaptation method: it needs target labels."""
+
+    accepts_true_size_prior = True
+
+
+class nnUNetTrainerSFDA_tent(nnUNetTrainerSFDA):
+    """TENT (Wang et al., ICLR 2021): plain Shannon entropy, updating only the normalisation layers' affine
+    parameters (scale and shift); every other weight is frozen.
+
+    With BatchNorm, TENT also swaps the source's running statistics for the target batch's. nnU-Net normalises with
+    InstanceNorm, which already uses each image's own statistics at training and at inference and keeps no running
+    statistics, so here TENT is entropy minimisation over the affine parameters alone (about 0.1 % of the weights).
+    """
+
+    kl_weight = 0.0
+
+    def _build_loss(self):
+        num_classes = self.label_manager.num_segmentation_heads
+        return AdaMILoss(class_weights=[1.0] * num_classes, kl_weight=0.0, prior_mode=self.resolved_prior_mode)
+
+    def configure_optimizers(self):
+        affine = []
+        for module in self.network.modules():
+            is_norm = isinstance(module, _NORMS)
+            for name, param in module.named_parameters(recurse=False):
+                param.requires_grad_(is_norm and name in ("weight", "bias"))
+                if param.requires_grad:
+                    affine.append(param)
+        if not affine:
+            raise RuntimeError("TENT found no normalisation layers with affine parameters in the network")
+        optimizer = torch.optim.SGD(affine, self.initial_lr, weight_decay=0.0, momentum=0.99, nesterov=True)
+        return optimizer, PolyLRScheduler(optimizer, self.initial_lr, self.num_epochs)
