@@ -113,6 +113,24 @@ def _benchmark(args: argparse.Namespace) -> None:
     print(result_summary(results))
 
 
+CONVERTERS = ("prostate", "heart", "spine")
+
+
+def _convert(args: argparse.Namespace) -> None:
+    import importlib
+
+    module = importlib.import_module(f"nnunet_sfda.datasets.{args.task}")
+    options = {k: v for k, v in vars(args).items()
+               if k not in ("func", "command", "task", "src_dir", "source_id", "target_id")}
+    source_id = args.source_id if args.source_id is not None else module.DEFAULT_SOURCE_ID
+    target_id = args.target_id if args.target_id is not None else module.DEFAULT_TARGET_ID
+    pair = module.convert(Path(args.src_dir), source_id=source_id, target_id=target_id, **options)
+    print(f"source: {pair.source} ({pair.num_source} labelled cases)")
+    print(f"target: {pair.target} ({pair.num_target} cases, no labels)")
+    print(f"target labels for evaluation only: {pair.target_labels}")
+    print(f"Next: see docs/recipes/{args.task}.md")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nnunet-sfda", description="Source-free domain adaptation for nnU-Net v2")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -187,6 +205,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in -o")
     p.add_argument("--overwrite", action="store_true", help="delete -o first")
     p.set_defaults(func=_benchmark)
+
+    p = sub.add_parser("convert", help="convert a public dataset of the AdaMI paper into source + target datasets")
+    tasks = p.add_subparsers(dest="task", required=True)
+    for task in CONVERTERS:
+        import importlib
+
+        module = importlib.import_module(f"nnunet_sfda.datasets.{task}")
+        t = tasks.add_parser(task, help=(module.__doc__ or task).strip().splitlines()[0],
+                             description=(module.__doc__ or "").strip())
+        t.add_argument("src_dir", help="the downloaded dataset folder (layout: docs/recipes/%s.md)" % task)
+        t.add_argument("--source-id", type=int, default=None,
+                       help=f"source dataset id (default {module.DEFAULT_SOURCE_ID})")
+        t.add_argument("--target-id", type=int, default=None,
+                       help=f"target dataset id (default {module.DEFAULT_TARGET_ID})")
+        module.add_arguments(t)
+        t.set_defaults(func=_convert)
     return parser
 
 

@@ -141,3 +141,20 @@ def test_training_refuses_missing_and_true_size_priors(source_model, tmp_path):
                              capture_output=True, text=True, timeout=600)
     assert refused.returncode != 0
     assert "true-size prior measured on target labels" in refused.stderr
+
+
+def test_tent_updates_only_the_normalisation_layers_affine_parameters(source_model):
+    target = copy_target(source_model, 607, "Tent", with_labels=False)
+    env = nnunet_env(source_model.root)
+    run(["nnunet-sfda", "prepare-target", "-m", str(source_model.model_folder), "-d", target, "-c", "2d", "-np", "1"],
+        env)
+    run(["nnunet-sfda", "estimate-prior", "-d", target, "--ratios", "0.95", "0.05"], env)
+    proc = run(["nnUNetv2_train", target, "2d", "all", "-tr", "nnUNetTrainerSFDA_tent", "-device", "cpu"],
+               {**env, **ADAPT_FAST})
+    assert "λ = 0.0" in proc.stdout
+    source = weights(source_model.model_folder / "fold_all" / "checkpoint_final.pth")
+    tent = weights(source_model.root / "res" / target / "nnUNetTrainerSFDA_tent__nnUNetPlans__2d" / "fold_all"
+                   / "checkpoint_final.pth")
+    changed = {k for k in source if not torch.equal(source[k], tent[k])}
+    norm_affine = {k for k in source if ".norm." in k and k.rsplit(".", 1)[-1] in ("weight", "bias")}
+    assert norm_affine and changed and changed <= norm_affine, sorted(changed - norm_affine)[:5]
