@@ -387,7 +387,7 @@ def _draw_curves(plt, histories: Mapping[str, Mapping[str, Any]], path: Path, ti
             ax_dice.plot(np.arange(len(dice)), dice, "-", color=color, label=method,
                          marker="." if len(dice) < 30 else None)
     ax_ent.set(title="mean entropy (train)", xlabel="epoch", ylabel="entropy")
-    ax_kl.set(title="KL(prior ‖ predicted ratio) (train)", xlabel="epoch", ylabel="KL")
+    ax_kl.set(title="KL(predicted ratio ‖ prior) (train)", xlabel="epoch", ylabel="KL")
     ax_ratio.set(title="predicted foreground ratio vs prior (dashed)", xlabel="epoch",
                  ylabel="foreground fraction of the input")
     ax_dice.set(title="monitoring Dice (target labels; not used for training)", xlabel="epoch",
