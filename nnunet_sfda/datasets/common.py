@@ -9,6 +9,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
@@ -52,6 +55,41 @@ def new_dataset_folder(root: Path, dataset_id: int, name: str) -> Path:
             raise ConversionError(f"dataset id {dataset_id} is taken in {root} ({', '.join(taken)}); choose another "
                                   "with --source-id/--target-id (existing datasets are never overwritten)")
     return root / f"Dataset{int(dataset_id):03d}_{name}"
+
+
+def claim_output_folders(root: Path, source_id: int, source_name: str, target_id: int,
+                         target_name: str) -> tuple[Path, Path, Path]:
+    """The source, target and evaluation-label folders of one conversion, after every refusal and before any write:
+    a taken dataset id, or evaluation labels left by an earlier conversion (never overwritten)."""
+    source = new_dataset_folder(root, source_id, source_name)
+    target = new_dataset_folder(root, target_id, target_name)
+    eval_labels = root / EVAL_LABELS_DIR / target.name
+    if eval_labels.exists():
+        raise ConversionError(f"{eval_labels} already exists (evaluation labels of an earlier conversion); it is never "
+                              "overwritten: remove it or choose another --target-id")
+    return source, target, eval_labels
+
+
+@contextmanager
+def created_folders(*folders: Path) -> Iterator[None]:
+    """Create ``folders`` (and missing parents); if the body raises, remove everything this created, then re-raise.
+
+    Only folders that did not exist are removed (from their topmost new ancestor down), so nothing older is lost.
+    """
+    created: list[Path] = []
+    try:
+        for folder in folders:
+            topmost = folder
+            while not topmost.parent.exists():
+                topmost = topmost.parent
+            if not folder.exists():
+                folder.mkdir(parents=True)
+                created.append(topmost)
+        yield
+    except BaseException:
+        for folder in reversed(created):
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
 
 
 def write_dataset_json(folder: Path, channel_names: Mapping[str, str], labels: Mapping[str, int], num_training: int,

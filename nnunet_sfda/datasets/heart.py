@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import csv
 import re
-import shutil
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -45,7 +44,8 @@ from nnunet_sfda.datasets.common import (
     EVAL_LABELS_DIR,
     ConversionError,
     ConvertedPair,
-    new_dataset_folder,
+    claim_output_folders,
+    created_folders,
     raw_root,
     remap_labels,
     write_dataset_json,
@@ -158,20 +158,10 @@ def convert(src_dir: Path, source_id: int = DEFAULT_SOURCE_ID, target_id: int = 
         names = ("MMWHSDou_MR", "MMWHSDou_CT")
 
     # every refusal before anything is written
-    source_dir = new_dataset_folder(raw, source_id, names[0])
-    target_dir = new_dataset_folder(raw, target_id, names[1])
-    labels_dir = raw / EVAL_LABELS_DIR / target_dir.name
-    if labels_dir.exists():
-        raise ConversionError(f"{labels_dir} already exists (left from an earlier conversion?); it is never "
-                              "overwritten: remove it or choose another --target-id")
+    source_dir, target_dir, labels_dir = claim_output_folders(raw, source_id, names[0], target_id, names[1])
 
     n_held = 0
-    created: list[Path] = []
-    new_parents = [d for d in (raw, labels_dir.parent) if not d.exists()]  # removed again on error, when empty
-    try:
-        for folder in (source_dir, target_dir, labels_dir):
-            folder.mkdir(parents=True)
-            created.append(folder)
+    with created_folders(source_dir, target_dir, labels_dir):
         if fmt == "volumes":
             mapping = dict(MMWHS_CODES)
             if code_421 == "left_atrium":
@@ -213,15 +203,6 @@ def convert(src_dir: Path, source_id: int = DEFAULT_SOURCE_ID, target_id: int = 
                            **src_extra)
         write_dataset_json(target_dir, {"0": CHANNEL_NAME}, LABELS, n_tgt, FILE_ENDING, name=target_dir.name,
                            **tgt_extra)
-    except BaseException:
-        for folder in reversed(created):
-            shutil.rmtree(folder, ignore_errors=True)
-        for folder in reversed(new_parents):
-            try:
-                folder.rmdir()
-            except OSError:
-                pass
-        raise
     print(f"Wrote {source_dir} ({n_src} labelled cases), {target_dir} ({n_tgt} cases in imagesTr"
           + (f", {n_held} held out in imagesTs" if n_held else "") + ", images only); "
           f"target labels for evaluation only: {labels_dir}", flush=True)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import re
-import shutil
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,7 +22,8 @@ from nnunet_sfda.datasets.common import (
     EVAL_LABELS_DIR,
     ConversionError,
     ConvertedPair,
-    new_dataset_folder,
+    claim_output_folders,
+    created_folders,
     raw_root,
     remap_labels,
     write_dataset_json,
@@ -254,30 +254,10 @@ def convert(src_dir: Path, source_id: int = DEFAULT_SOURCE_ID, target_id: int = 
     n_train = len(target_cases) - int(holdout)
 
     raw = Path(raw) if raw is not None else raw_root()
-    source_dir = new_dataset_folder(raw, source_id, f"Prostate{source}")
-    target_dir = new_dataset_folder(raw, target_id, f"Prostate{target}")
-    eval_parent = raw / EVAL_LABELS_DIR
-    eval_dir = eval_parent / target_dir.name
-    if eval_dir.exists():
-        raise ConversionError(f"{eval_dir} already exists (left by an earlier conversion?); existing files are never "
-                              "overwritten: remove it or choose another --target-id")
-
-    created: list[Path] = []  # deepest last; removed in reverse order on error
-
-    def make(folder: Path) -> None:
-        if not folder.exists():
-            folder.mkdir(parents=False)
-            created.append(folder)
-
+    source_dir, target_dir, eval_dir = claim_output_folders(raw, source_id, f"Prostate{source}", target_id,
+                                                            f"Prostate{target}")
     mapping = {v: 1 for v in foreground}
-    try:
-        if not raw.exists():
-            topmost = raw
-            while not topmost.parent.exists():
-                topmost = topmost.parent
-            raw.mkdir(parents=True)
-            created.append(topmost)
-        make(source_dir)
+    with created_folders(source_dir, target_dir, eval_dir):
         images, values = [], set()
         for case in source_cases:
             image, found = _convert_case(case, source_dir / "imagesTr" / f"{case.case_id}_0000.nii.gz",
@@ -290,9 +270,6 @@ def convert(src_dir: Path, source_id: int = DEFAULT_SOURCE_ID, target_id: int = 
                            reference=REFERENCE, sfda_site=source)
         print(_site_summary(source, "source", images, values, source_spelling, str(source_dir)), flush=True)
 
-        make(target_dir)
-        make(eval_parent)
-        make(eval_dir)
         images, values = [], set()
         for i, case in enumerate(target_cases):
             test = i >= n_train
@@ -309,9 +286,5 @@ def convert(src_dir: Path, source_id: int = DEFAULT_SOURCE_ID, target_id: int = 
         split = f", {int(holdout)} of them in imagesTs" if holdout else ""
         print(_site_summary(target, f"target{split}", images, values, target_spelling,
                             f"{target_dir} (labels: {eval_dir})"), flush=True)
-    except BaseException:
-        for folder in reversed(created):
-            shutil.rmtree(folder, ignore_errors=True)
-        raise
     return ConvertedPair(source=source_dir, target=target_dir, target_labels=eval_dir,
                          num_source=len(source_cases), num_target=len(target_cases))

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import re
-import shutil
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,8 @@ from nnunet_sfda.datasets.common import (
     EVAL_LABELS_DIR,
     ConversionError,
     ConvertedPair,
-    new_dataset_folder,
+    claim_output_folders,
+    created_folders,
     raw_root,
     remap_labels,
     write_dataset_json,
@@ -291,12 +291,7 @@ def convert(src_dir: Path, source_id: int = DEFAULT_SOURCE_ID, target_id: int = 
 
     source_name = f"IVDM3Seg_{MODALITIES[opts.source_modality][1]}"
     target_name = f"IVDM3Seg_{MODALITIES[opts.target_modality][1]}"
-    source_dir = new_dataset_folder(root, source_id, source_name)
-    target_dir = new_dataset_folder(root, target_id, target_name)
-    eval_dir = root / EVAL_LABELS_DIR / target_dir.name
-    if eval_dir.exists():
-        raise ConversionError(f"{eval_dir} already exists (evaluation labels of an earlier conversion); it is never "
-                              "overwritten: move it away or choose another --target-id")
+    source_dir, target_dir, eval_dir = claim_output_folders(root, source_id, source_name, target_id, target_name)
 
     # every input file must exist before anything is written
     jobs: list[tuple[str, str, Path, Path]] = []  # (role, case, image, mask)
@@ -312,12 +307,7 @@ def convert(src_dir: Path, source_id: int = DEFAULT_SOURCE_ID, target_id: int = 
           f"{', '.join(opts.target_subjects)}"
           + (f", held-out test {', '.join(opts.target_test_subjects)}" if opts.target_test_subjects else ""),
           flush=True)
-    created: list[Path] = []  # folders this call made, removed again on an error
-    try:
-        for folder in (root, eval_dir.parent, source_dir, target_dir, eval_dir):
-            if not folder.exists():
-                folder.mkdir(parents=folder == root)  # FileExistsError if another process just made it
-                created.append(folder)
+    with created_folders(source_dir, target_dir, eval_dir):
         counts = {"source": 0, "target": 0, "target-test": 0}
         for n, (role, case, image_path, mask_path) in enumerate(jobs, 1):
             image = _read(image_path)
@@ -361,10 +351,6 @@ def convert(src_dir: Path, source_id: int = DEFAULT_SOURCE_ID, target_id: int = 
                                        + (f"; imagesTs: {', '.join(opts.target_test_subjects)}"
                                           if opts.target_test_subjects else "")
                                        + f"; evaluation labels in {EVAL_LABELS_DIR}/{target_dir.name}")
-    except BaseException:
-        for folder in reversed(created):
-            shutil.rmtree(folder, ignore_errors=True)
-        raise
 
     print(f"source {source_dir.name}: {counts['source']} labelled cases ({opts.source_modality}); "
           f"target {target_dir.name}: {counts['target']} cases ({opts.target_modality})"
