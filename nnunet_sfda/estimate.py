@@ -7,6 +7,7 @@ This module gathers what the pure estimators of :mod:`nnunet_sfda.priors` need f
 """
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import warnings
@@ -43,8 +44,8 @@ from nnunet_sfda.priors.volumes import (
 )
 from nnunet_sfda.target import (
     TargetError,
-    dataset_labels,
     prepared_configurations,
+    prepared_dataset_json,
     preprocessed_dataset_folder,
 )
 
@@ -65,12 +66,14 @@ class _Target:
     folder: Path
     labels: dict
     label_names: list[str]
+    file_ending: str
 
     @classmethod
     def open(cls, dataset: str | int) -> _Target:
         folder = preprocessed_dataset_folder(dataset)
-        labels = dataset_labels(folder)
-        return cls(folder, labels, dataset_label_names(labels, str(folder / "dataset.json")))
+        meta = prepared_dataset_json(folder)
+        labels = meta.get("labels", {})
+        return cls(folder, labels, dataset_label_names(labels, str(folder / "dataset.json")), meta["file_ending"])
 
     def destination(self, output: str | os.PathLike | None, name: str = PRIOR_FILE_NAME) -> Path:
         return Path(output) if output is not None else self.folder / name
@@ -92,8 +95,6 @@ def _save(target: _Target, make, output, overwrite: bool, name: str = PRIOR_FILE
 
 def case_geometries(preprocessed_folder: Path) -> list[CaseGeometry]:
     """Each prepared case's geometry in the prior's frame, from nnU-Net's saved case properties."""
-    import json
-
     configurations = prepared_configurations(preprocessed_folder)
     name, entry = sorted(configurations.items())[0]  # the crop and transpose are the same for every configuration
     plans_file = preprocessed_folder / f"{entry.plans_identifier}.json"
@@ -123,12 +124,6 @@ def case_geometries(preprocessed_folder: Path) -> list[CaseGeometry]:
 
 
 # ----------------------------------------------------------------------------------------------- label maps
-
-
-def _label_file_ending(target: _Target) -> str:
-    import json
-
-    return json.loads((target.folder / "dataset.json").read_text())["file_ending"]
 
 
 def read_label_map(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
@@ -170,8 +165,6 @@ def folder_label_statistics(folder: str | os.PathLike, dataset_json_labels: Mapp
 def write_label_statistics_table(folder: str | os.PathLike, dataset_json: str | os.PathLike,
                                  output: str | os.PathLike, overwrite: bool = False) -> tuple[LabelStatistics, Path]:
     """Label statistics of ``folder`` as an anatomy table CSV a source site can ship (volumes, not images)."""
-    import json
-
     meta = json.loads(Path(dataset_json).read_text())
     stats = folder_label_statistics(folder, meta["labels"], meta.get("file_ending", ".nii.gz"))
     output = Path(output)
@@ -224,7 +217,7 @@ def estimate_label_statistics_prior(dataset: str | int, labels_folder: str | os.
                                     overwrite: bool = False) -> EstimatedPrior:
     """Structure volumes measured on a folder of (source) label maps, applied to each target image's field of view."""
     target = _Target.open(dataset)
-    stats = folder_label_statistics(labels_folder, target.labels, _label_file_ending(target))
+    stats = folder_label_statistics(labels_folder, target.labels, target.file_ending)
     geometries = case_geometries(target.folder)
 
     def make() -> ClassRatioPrior:
@@ -243,7 +236,7 @@ def estimate_true_size_prior(dataset: str | int, labels_folder: str | os.PathLik
     ``sfda_prior_true_size.json`` by default so it never replaces the dataset's prior."""
     target = _Target.open(dataset)
     geometries = case_geometries(target.folder)
-    files = _label_files(Path(labels_folder), _label_file_ending(target))
+    files = _label_files(Path(labels_folder), target.file_ending)
     missing = [g.case for g in geometries if g.case not in files]
     if missing:
         raise PriorError(f"{labels_folder}: no label file for target case{'s' if len(missing) > 1 else ''} "

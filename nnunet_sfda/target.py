@@ -456,6 +456,10 @@ def preprocessed_dataset_folder(dataset: str | int) -> Path:
     return _require_env("nnUNet_preprocessed") / _target_dataset_name(dataset)
 
 
+def prepared_dataset_json(preprocessed_folder: Path) -> dict:
+    """The prepared target's ``dataset.json``; a clear error when the dataset was not prepared."""
+    return _load_json(preprocessed_folder / "dataset.json", "run `nnunet-sfda prepare-target` for this dataset first")
+
+
 def dataset_labels(preprocessed_folder: Path) -> dict:
-    return _labels_of(_load_json(preprocessed_folder / "dataset.json",
-                                 "run `nnunet-sfda prepare-target` for this dataset first"))
+    return _labels_of(prepared_dataset_json(preprocessed_folder))

@@ -8,6 +8,7 @@ adaptation) is reported separately. Blocks of the two trainers alternate so drif
 
     python scripts/benchmark_iteration.py --demo-dir sfda_demo              # after `nnunet-sfda demo -o sfda_demo`
     python scripts/benchmark_iteration.py -d 502 -c 2d -device cuda         # any prepared target with a prior
+    python scripts/benchmark_iteration.py -d 502 -c 2d -device cuda --patch 256 256 --batch 12   # a wider batch
 
 Nothing is written to the user's nnUNet_results: the trainers' output folders go to a temporary folder.
 """
@@ -29,7 +30,7 @@ def _sync(device) -> None:
         torch.cuda.synchronize()
 
 
-def _make_trainer(cls, dataset: str, configuration: str, device):
+def _make_trainer(cls, dataset: str, configuration: str, device, overrides: dict):
     from batchgenerators.utilities.file_and_folder_operations import load_json
     from nnunetv2.paths import nnUNet_preprocessed
     from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
@@ -37,6 +38,7 @@ def _make_trainer(cls, dataset: str, configuration: str, device):
     folder = Path(nnUNet_preprocessed) / maybe_convert_to_dataset_name(dataset)
     plans = load_json(str(folder / "nnUNetPlans.json"))
     plans["continue_training"] = False
+    plans["configurations"][configuration].update(overrides)  # e.g. a larger patch/batch than the plans chose
     trainer = cls(plans=plans, configuration=configuration, fold="all", dataset_json=load_json(str(folder / "dataset.json")),
                   device=device)
     trainer.on_train_start()
@@ -64,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iterations", type=int, default=20, help="timed iterations per trainer")
     parser.add_argument("--block", type=int, default=5, help="iterations per alternating block")
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--patch", type=int, nargs="+", help="override the configuration's patch size (both trainers)")
+    parser.add_argument("--batch", type=int, help="override the configuration's batch size (both trainers)")
     args = parser.parse_args(argv)
 
     if args.demo_dir is not None:
@@ -79,8 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     from nnunet_sfda.trainers import nnUNetTrainerSFDA
 
     device = torch.device(args.device)
-    trainers = {"nnUNetTrainer": _make_trainer(nnUNetTrainer, args.d, args.c, device),
-                "nnUNetTrainerSFDA": _make_trainer(nnUNetTrainerSFDA, args.d, args.c, device)}
+    overrides = {k: v for k, v in (("patch_size", args.patch), ("batch_size", args.batch)) if v is not None}
+    trainers = {"nnUNetTrainer": _make_trainer(nnUNetTrainer, args.d, args.c, device, overrides),
+                "nnUNetTrainerSFDA": _make_trainer(nnUNetTrainerSFDA, args.d, args.c, device, overrides)}
     step_times: dict[str, list[float]] = {name: [] for name in trainers}
     load_times: dict[str, list[float]] = {name: [] for name in trainers}
     total = args.warmup + args.iterations

@@ -25,22 +25,37 @@ def nnunet_env(work: Path, **extra: str) -> dict[str, str]:
 
 
 class StepRunner:
-    """Runs one step after another with progress lines; each command's output goes to its own log file."""
+    """Runs one command after another with progress lines; each command's output goes to its own log file.
 
-    def __init__(self, work: Path, env: dict[str, str], total_steps: int):
+    With ``total_steps`` lines read ``[k/total]`` and logs are numbered in order; without, lines show the elapsed
+    minutes and logs are named by ``log_name`` alone (stable names, so an interrupted run can be resumed).
+    """
+
+    def __init__(self, work: Path, env: dict[str, str], total_steps: int | None = None):
         self.work, self.env, self.total, self.step = work, env, total_steps, 0
         self.start = time.monotonic()
         (work / "logs").mkdir(parents=True, exist_ok=True)
 
-    def run(self, title: str, command: list[str], log_name: str, extra_env: dict[str, str] | None = None) -> None:
+    def say(self, text: str) -> None:
+        print(f"[{(time.monotonic() - self.start) / 60:5.1f} min] {text}", flush=True)
+
+    def run(self, title: str, command: list[str], log_name: str, extra_env: dict[str, str] | None = None) -> float:
+        """Run ``command`` (its first word a console script of this environment or on PATH); seconds taken."""
         self.step += 1
-        log = self.work / "logs" / f"{self.step:02d}_{log_name}.log"
-        print(f"[{self.step}/{self.total}] {title} ... (log: {log})", flush=True)
+        if self.total is None:
+            log = self.work / "logs" / f"{log_name}.log"
+            self.say(f"{title} ... (log: {log.relative_to(self.work)})")
+        else:
+            log = self.work / "logs" / f"{self.step:02d}_{log_name}.log"
+            print(f"[{self.step}/{self.total}] {title} ... (log: {log})", flush=True)
         t0 = time.monotonic()
         with open(log, "w") as f:
-            proc = subprocess.run(command, env={**self.env, **(extra_env or {})}, stdout=f, stderr=subprocess.STDOUT,
-                                  cwd=self.work)
+            proc = subprocess.run([console_script(command[0]), *command[1:]], env={**self.env, **(extra_env or {})},
+                                  stdout=f, stderr=subprocess.STDOUT, cwd=self.work)
         if proc.returncode != 0:
             tail = "".join(log.read_text().splitlines(keepends=True)[-25:])
             raise RuntimeError(f"step '{title}' failed (exit {proc.returncode}); last lines of {log}:\n{tail}")
-        print(f"      done in {time.monotonic() - t0:.0f} s (total {time.monotonic() - self.start:.0f} s)", flush=True)
+        seconds = time.monotonic() - t0
+        if self.total is not None:
+            print(f"      done in {seconds:.0f} s (total {time.monotonic() - self.start:.0f} s)", flush=True)
+        return seconds

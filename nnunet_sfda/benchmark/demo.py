@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nnunet_sfda.benchmark.commands import StepRunner, console_script, nnunet_env
+from nnunet_sfda.benchmark.commands import StepRunner, nnunet_env
 from nnunet_sfda.benchmark.phantom import DemoLayout, make_demo_datasets
 
 SOURCE_TRAINER = "nnUNetTrainer_sfdaShort"
@@ -75,27 +75,27 @@ def run_demo(work: Path, overwrite: bool = False, device: str = "cpu", seed: int
     runner = StepRunner(work, env, total_steps=7)
 
     runner.run("planning and preprocessing the source dataset",
-               [console_script("nnUNetv2_plan_and_preprocess"), "-d", src, "-c", CONFIGURATION, "-np", "2"], "plan_source")
+               ["nnUNetv2_plan_and_preprocess", "-d", src, "-c", CONFIGURATION, "-np", "2"], "plan_source")
     runner.run(f"training the source model ({SOURCE_TRAINER})",
-               [console_script("nnUNetv2_train"), src, CONFIGURATION, "all", "-tr", SOURCE_TRAINER, "-device", device],
+               ["nnUNetv2_train", src, CONFIGURATION, "all", "-tr", SOURCE_TRAINER, "-device", device],
                "train_source", source_env)
     model_folder = res / layout.source_dataset_name / f"{SOURCE_TRAINER}__nnUNetPlans__{CONFIGURATION}"
     preds = work / "predictions"
     runner.run("source-only prediction on the target test cases",
-               [console_script("nnUNetv2_predict"), "-i", str(layout.target_test_images), "-o", str(preds / "source_only"),
+               ["nnUNetv2_predict", "-i", str(layout.target_test_images), "-o", str(preds / "source_only"),
                 "-d", src, "-c", CONFIGURATION, "-f", "all", "-tr", SOURCE_TRAINER, "-device", device,
                 "--disable_tta", "-npp", "1", "-nps", "1"], "predict_source_only")
     runner.run("prepare-target: preprocessing the target with the source plans",
-               [console_script("nnunet-sfda"), "prepare-target", "-m", str(model_folder), "-d", tgt, "-c", CONFIGURATION,
+               ["nnunet-sfda", "prepare-target", "-m", str(model_folder), "-d", tgt, "-c", CONFIGURATION,
                 "-np", "1"], "prepare_target")
     runner.run("estimate-prior: organ volumes of the source labels, applied to each target image",
-               [console_script("nnunet-sfda"), "estimate-prior", "-d", tgt, "--labels",
+               ["nnunet-sfda", "estimate-prior", "-d", tgt, "--labels",
                 str(layout.source_dir / "labelsTr"), *DEMO_PRIOR_OPTIONS], "estimate_prior")
     runner.run("adapting with nnUNetTrainerSFDA (no source data, no target labels)",
-               [console_script("nnUNetv2_train"), tgt, CONFIGURATION, "all", "-tr", "nnUNetTrainerSFDA", "-device", device],
+               ["nnUNetv2_train", tgt, CONFIGURATION, "all", "-tr", "nnUNetTrainerSFDA", "-device", device],
                "adapt", train_env)
     runner.run("adapted prediction on the target test cases",
-               [console_script("nnUNetv2_predict"), "-i", str(layout.target_test_images), "-o", str(preds / "adapted"),
+               ["nnUNetv2_predict", "-i", str(layout.target_test_images), "-o", str(preds / "adapted"),
                 "-d", tgt, "-c", CONFIGURATION, "-f", "all", "-tr", "nnUNetTrainerSFDA", "-device", device,
                 "--disable_tta", "-npp", "1", "-nps", "1"], "predict_adapted")
 

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
-from nnunet_sfda.benchmark.commands import console_script, nnunet_env
+from nnunet_sfda.benchmark.commands import StepRunner, nnunet_env
 from nnunet_sfda.benchmark.metrics import evaluate_folder, summarize
 from nnunet_sfda.benchmark.phantom import (
     SHIFT_FAMILIES,
@@ -140,30 +140,6 @@ def _prepare_out(out: Path, resume: bool, overwrite: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-class _Progress:
-    def __init__(self, out: Path):
-        self.logs = out / "logs"
-        self.logs.mkdir(parents=True, exist_ok=True)
-        self.start = time.monotonic()
-
-    def say(self, text: str) -> None:
-        print(f"[{(time.monotonic() - self.start) / 60:5.1f} min] {text}", flush=True)
-
-    def run(self, title: str, command: list[str], env: dict[str, str], log_name: str) -> float:
-        import subprocess
-
-        log = self.logs / f"{log_name}.log"
-        self.say(f"{title} ... (log: {log.relative_to(self.logs.parent)})")
-        t0 = time.monotonic()
-        with open(log, "w") as f:
-            code = subprocess.run([console_script(command[0]), *command[1:]], env=env, stdout=f,
-                                  stderr=subprocess.STDOUT).returncode
-        if code != 0:
-            tail = "".join(log.read_text().splitlines(keepends=True)[-20:])
-            raise RuntimeError(f"{title} failed (exit {code}); last lines of {log}:\n{tail}")
-        return time.monotonic() - t0
-
-
 def _versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
     for name in ("nnunet-sfda", "nnunetv2", "torch", "monai"):
@@ -195,10 +171,10 @@ class Benchmark:
         self.out = config.out
         self.p = config.preset
         # training runs with nnUNet_n_proc_DA (default 0: no augmentation workers, best on small CPUs); nnU-Net's
-        # planner fails with 0, so planning gets nnU-Net's own default
-        self.env = nnunet_env(self.out, nnUNet_n_proc_DA=os.environ.get("nnUNet_n_proc_DA", "0"))
-        self.plan_env = {k: v for k, v in self.env.items() if k != "nnUNet_n_proc_DA"}
-        self.progress = _Progress(self.out)
+        # planner fails with 0, so only training commands get it
+        self.train_env = {"nnUNet_n_proc_DA": os.environ.get("nnUNet_n_proc_DA", "0")}
+        base = {k: v for k, v in nnunet_env(self.out).items() if k != "nnUNet_n_proc_DA"}
+        self.progress = StepRunner(self.out, base)
 
     # -- data --------------------------------------------------------------------------------------------------
     def _source(self) -> tuple[str, Path]:
@@ -213,10 +189,10 @@ class Benchmark:
                           spec=self.p.spec)
         self.progress.run("source: planning and preprocessing",
                           ["nnUNetv2_plan_and_preprocess", "-d", str(SOURCE_ID), "-c", cfg, "-np", "2"],
-                          self.plan_env, "source_plan")
+                          "source_plan")
         self.progress.run(f"source: training ({self.p.source_epochs} × {self.p.source_iterations} iterations)",
                           ["nnUNetv2_train", str(SOURCE_ID), cfg, "all", "-tr", SOURCE_TRAINER, "-device",
-                           self.cfg.device], {**self.env, **self._source_budget()}, "source_train")
+                           self.cfg.device], "source_train", {**self.train_env, **self._source_budget()})
         return name, model
 
     def _source_budget(self) -> dict[str, str]:
@@ -244,17 +220,17 @@ class Benchmark:
         if not (pre / "sfda_target.json").is_file():
             self.progress.run(f"[{shift}] prepare-target", ["nnunet-sfda", "prepare-target", "-m", str(model), "-d",
                                                             name, "-c", self.p.configuration, "-np", "1"],
-                              self.env, f"{shift}_prepare_target")
+                              f"{shift}_prepare_target")
         source_labels = self.out / "nnUNet_raw" / f"Dataset{SOURCE_ID}_BenchSource" / "labelsTr"
         if not (pre / "sfda_prior.json").is_file():
             self.progress.run(f"[{shift}] estimate-prior from the source labels' volumes",
                               ["nnunet-sfda", "estimate-prior", "-d", name, "--labels", str(source_labels)],
-                              self.env, f"{shift}_estimate_prior")
+                              f"{shift}_estimate_prior")
         if not (pre / "sfda_prior_true_size.json").is_file():
             self.progress.run(f"[{shift}] true-size prior (analysis only)",
                               ["nnunet-sfda", "estimate-prior", "-d", name, "--labels",
                                str(self.out / "nnUNet_raw" / name / "labelsTr"), "--true-size"],
-                              self.env, f"{shift}_true_size_prior")
+                              f"{shift}_true_size_prior")
         return name, data
 
     # -- methods -----------------------------------------------------------------------------------------------
@@ -264,7 +240,7 @@ class Benchmark:
         self.progress.run(f"[{shift}] {method}: predicting {self.p.num_test} test cases",
                           ["nnUNetv2_predict", "-i", str(data / "test" / "images"), "-o", str(pred), "-d", dataset,
                            "-c", self.p.configuration, "-f", "all", "-tr", trainer, "-device", self.cfg.device,
-                           "--disable_tta", "-npp", "1", "-nps", "1"], self.env, f"{shift}_{method}_predict")
+                           "--disable_tta", "-npp", "1", "-nps", "1"], f"{shift}_{method}_predict")
         return pred
 
     def _run_method(self, shift: str, method: Method, source: str, target: str, data: Path) -> dict:
@@ -277,7 +253,7 @@ class Benchmark:
         if method.name == "source_only":
             pred = self._predict(shift, method.name, source, SOURCE_TRAINER, data, run_dir)
         else:
-            env = {**self.env, "nnUNet_sfda_seed": str(self.cfg.seed)}
+            env = {**self.train_env, "nnUNet_sfda_seed": str(self.cfg.seed)}
             if method.name == "oracle":
                 env.update(self._source_budget())
                 budget = f"{self.p.source_epochs} × {self.p.source_iterations}"
@@ -292,7 +268,7 @@ class Benchmark:
             shutil.rmtree(folder, ignore_errors=True)  # a half-finished run from an interrupted benchmark
             seconds = self.progress.run(f"[{shift}] {method.name}: training ({budget} iterations)",
                                         ["nnUNetv2_train", target, self.p.configuration, "all", "-tr", method.trainer,
-                                         "-device", self.cfg.device], env, f"{shift}_{method.name}_train")
+                                         "-device", self.cfg.device], f"{shift}_{method.name}_train", env)
             history = folder / "fold_all" / "sfda_history.json"
             if history.is_file():
                 shutil.copy(history, run_dir / "sfda_history.json")

@@ -116,6 +116,15 @@ def _read_csv(text: str, columns: Sequence[str], where: str) -> list[tuple[int, 
             for row in reader]
 
 
+def _unknown_case_or_label(case: str, label: str, by_case: Mapping[str, CaseGeometry],
+                           foreground: Sequence[str]) -> str | None:
+    if case not in by_case:
+        return f"case {case!r} is not a target case (known: {_known(sorted(by_case))})"
+    if label not in foreground:
+        return f"label {label!r} is not a foreground label (expected one of {', '.join(foreground)})"
+    return None
+
+
 def parse_tags(text: str, labels: Sequence[str], geometries: Sequence[CaseGeometry], where: str) -> Tags:
     """Read a tags CSV (columns ``case,label,slices``) into frame slice indices.
 
@@ -131,12 +140,9 @@ def parse_tags(text: str, labels: Sequence[str], geometries: Sequence[CaseGeomet
     problems = []
     for line, row in _read_csv(text, ("case", "label", "slices"), where):
         case, label = row["case"], row["label"]
-        if case not in by_case:
-            problems.append(f"line {line}: case {case!r} is not a target case (known: {_known(sorted(by_case))})")
-            continue
-        if label not in foreground:
-            problems.append(f"line {line}: label {label!r} is not a foreground label (expected one of "
-                            f"{', '.join(foreground)})")
+        problem = _unknown_case_or_label(case, label, by_case, foreground)
+        if problem:
+            problems.append(f"line {line}: {problem}")
             continue
         try:
             raw = parse_slice_ranges(row["slices"])
@@ -385,12 +391,9 @@ def parse_pixel_sizes(text: str, labels: Sequence[str], geometries: Sequence[Cas
     dropped = 0
     for line, row in _read_csv(text, ("case", "slice", "label", "pixels"), where):
         case, label = row["case"], row["label"]
-        if case not in by_case:
-            problems.append(f"line {line}: case {case!r} is not a target case (known: {_known(sorted(by_case))})")
-            continue
-        if label not in foreground:
-            problems.append(f"line {line}: label {label!r} is not a foreground label (expected one of "
-                            f"{', '.join(foreground)})")
+        problem = _unknown_case_or_label(case, label, by_case, foreground)
+        if problem:
+            problems.append(f"line {line}: {problem}")
             continue
         try:
             raw_slice, pixels = int(row["slice"]), int(row["pixels"])
