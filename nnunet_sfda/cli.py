@@ -194,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "stock nnU-Net commands, and write results.json/.md/.csv and figures into -o DIR.")
     p.add_argument("-o", required=True, help="output folder (all nnU-Net folders live inside it)")
     p.add_argument("--preset", default="quick", choices=["micro", "quick", "full"],
-                   help="quick: the default shift in 2d on a CPU (about 20 min); full: bigger data for one GPU; "
+                   help="quick: the default shift in 2d on a CPU (about 17 min on 2 idle cores); full: bigger data for one GPU; "
                         "micro: a smoke test")
     p.add_argument("--methods", default=None, help="comma-separated subset (default: all): source_only, entropy_only, "
                                                    "tent, adami, adami_per_sample, adami_batch_marginal, "

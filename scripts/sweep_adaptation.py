@@ -22,7 +22,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from nnunet_sfda.benchmark.commands import console_script, nnunet_env
+from nnunet_sfda.benchmark.commands import PREDICT_OPTIONS, console_script, nnunet_env
 from nnunet_sfda.benchmark.demo import CONFIGURATION, mean_foreground_dice
 
 TWIN_ID = 599
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         _run(["nnUNetv2_train", twin, CONFIGURATION, "all", "-tr", trainer, "-device", args.device], env,
              out / "train.log")
         _run(["nnUNetv2_predict", "-i", str(test_images), "-o", str(out / "pred"), "-d", twin, "-c", CONFIGURATION,
-              "-f", "all", "-tr", trainer, "-device", args.device, "--disable_tta", "-npp", "1", "-nps", "1"],
+              "-f", "all", "-tr", trainer, "-device", args.device, *PREDICT_OPTIONS],
              env, out / "predict.log")
         history = json.loads((folder / "fold_all" / "sfda_history.json").read_text())
         shutil.copy(folder / "fold_all" / "sfda_history.json", out)

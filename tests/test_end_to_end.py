@@ -12,7 +12,7 @@ import SimpleITK as sitk
 import torch
 
 from conftest import nnunet_env, run
-from nnunet_sfda.benchmark.commands import console_script
+from nnunet_sfda.benchmark.commands import PREDICT_OPTIONS, console_script
 from nnunet_sfda.priors import constant_prior, save_prior
 from nnunet_sfda.target import build_network_for
 
@@ -79,7 +79,7 @@ def test_prepare_adapt_predict(source_model):
 
     out = root / "predictions"
     run(["nnUNetv2_predict", "-i", str(source_model.test_images), "-o", str(out), "-d", target, "-c", "2d",
-         "-f", "all", "-tr", "nnUNetTrainerSFDA", "-device", "cpu", "--disable_tta", "-npp", "1", "-nps", "1"],
+         "-f", "all", "-tr", "nnUNetTrainerSFDA", "-device", "cpu", *PREDICT_OPTIONS],
         nnunet_env(root))
     for image_file in sorted(source_model.test_images.glob("*_0000.nii.gz")):
         image = sitk.ReadImage(str(image_file))
@@ -121,7 +121,7 @@ def test_3d_fullres_adapts_batch_marginal_by_default(source_model):
     assert "mode batch_marginal" in proc.stdout
     out = source_model.root / "pred3d"
     run(["nnUNetv2_predict", "-i", str(source_model.test_images), "-o", str(out), "-d", target, "-c", "3d_fullres",
-         "-f", "all", "-tr", "nnUNetTrainerSFDA", "-device", "cpu", "--disable_tta", "-npp", "1", "-nps", "1"], env)
+         "-f", "all", "-tr", "nnUNetTrainerSFDA", "-device", "cpu", *PREDICT_OPTIONS], env)
     assert len(list(out.glob("*.nii.gz"))) == len(list(source_model.test_images.glob("*.nii.gz")))
 
 

@@ -11,6 +11,7 @@ import SimpleITK as sitk
 from nnunet_sfda.benchmark import phantom as ph
 from nnunet_sfda.benchmark.phantom import (
     DEFAULT_SHIFT,
+    LOW_CONTRAST_SHIFT,
     SHIFT_FAMILIES,
     SHIFTS,
     PhantomSpec,
@@ -106,21 +107,36 @@ def test_source_is_t2_like_organ_brighter_than_tissue():
         assert np.median(img[lab == 2]) < np.median(organ)
 
 
-def test_default_shift_is_moderate():
-    """Labels and air unchanged; organ contrast to nearby tissue shrinks but the organ stays the brightest."""
-    for seed in range(6):
-        src, lab = _case(seed)
-        tgt, lab_t = _case(seed, shifts=DEFAULT_SHIFT)
-        assert np.array_equal(lab, lab_t), "shifts must never change labels"
-        assert np.array_equal(src == 0, tgt == 0), "air must stay exactly air"
-        organ = lab == 1
-        near = ph.ndimage.binary_dilation(organ, iterations=3) & (lab == 0)
-        fat = (src > 0) & ~ph.ndimage.binary_erosion(src > 0, np.ones((1, 3, 3)))  # 1-voxel outer rim: fat
-        src_ratio = np.median(src[organ]) / np.median(src[near])
-        tgt_ratio = np.median(tgt[organ]) / np.median(tgt[near])
-        assert src_ratio > 2.0
-        assert 1.05 < tgt_ratio < 0.7 * src_ratio, (tgt_ratio, src_ratio)
-        assert np.median(src[organ]) > np.median(src[fat]) and np.median(tgt[organ]) > 0.9 * np.median(tgt[fat])
+def _contrasts(shifts, seed):
+    """(organ / nearby tissue, organ / fat rim) medians before and after ``shifts``; checks labels and air stay."""
+    src, lab = _case(seed)
+    tgt, lab_t = _case(seed, shifts=shifts)
+    assert np.array_equal(lab, lab_t), "shifts must never change labels"
+    assert np.array_equal(src == 0, tgt == 0), "air must stay exactly air"
+    organ = lab == 1
+    near = ph.ndimage.binary_dilation(organ, iterations=3) & (lab == 0)
+    fat = (src > 0) & ~ph.ndimage.binary_erosion(src > 0, np.ones((1, 3, 3)))  # 1-voxel outer rim: fat
+    return [(np.median(im[organ]) / np.median(im[near]), np.median(im[organ]) / np.median(im[fat]))
+            for im in (src, tgt)]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_default_shift_dims_the_organ_as_documented(seed):
+    """DIM_ORGAN_LEVELS: organ / tissue shrinks by 500/760 relative to the case's own source contrast (strength
+    0.9-1.0, 3 % jitter per class), and the fat rim, darker than the organ on the source, is brighter on the target."""
+    (src_tissue, src_fat), (tgt_tissue, tgt_fat) = _contrasts(DEFAULT_SHIFT, seed)
+    assert src_tissue > 2.0 and src_fat > 1.0
+    assert 0.62 < tgt_tissue / src_tissue < 0.72, (tgt_tissue, src_tissue)
+    assert tgt_fat < 0.95, tgt_fat
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_low_contrast_shift_is_moderate(seed):
+    """The previous default: organ contrast to nearby tissue shrinks, but the organ stays about as bright as fat."""
+    (src_tissue, src_fat), (tgt_tissue, tgt_fat) = _contrasts(LOW_CONTRAST_SHIFT, seed)
+    assert src_tissue > 2.0
+    assert 1.05 < tgt_tissue < 0.7 * src_tissue, (tgt_tissue, src_tissue)
+    assert src_fat > 1.0 and tgt_fat > 0.9
 
 
 def test_unknown_shift_and_bad_spec():
@@ -444,8 +460,9 @@ def test_make_demo_datasets_target_spacing_only_on_target(tmp_path):
 
 
 def test_family_registry():
-    assert {"default", "t1_contrast", "bias_field", "noise", "blur_resolution", "invert"} <= set(SHIFT_FAMILIES)
+    assert {"default", "low_contrast", "t1_contrast", "bias_field", "noise", "blur_resolution", "invert"} <= set(SHIFT_FAMILIES)
     assert SHIFT_FAMILIES["default"].shifts == DEFAULT_SHIFT and SHIFT_FAMILIES["default"].target_spacing is None
+    assert SHIFT_FAMILIES["low_contrast"].shifts == LOW_CONTRAST_SHIFT
     assert SHIFT_FAMILIES["blur_resolution"].target_spacing == COARSE
     for name, fam in SHIFT_FAMILIES.items():
         assert fam.name == name and fam.description and "\n" not in fam.description

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nnunet_sfda.benchmark.commands import StepRunner, nnunet_env
+from nnunet_sfda.benchmark.commands import PREDICT_OPTIONS, StepRunner, nnunet_env
 from nnunet_sfda.benchmark.phantom import DemoLayout, make_demo_datasets
 
 SOURCE_TRAINER = "nnUNetTrainer_sfdaShort"
@@ -84,7 +84,7 @@ def run_demo(work: Path, overwrite: bool = False, device: str = "cpu", seed: int
     runner.run("source-only prediction on the target test cases",
                ["nnUNetv2_predict", "-i", str(layout.target_test_images), "-o", str(preds / "source_only"),
                 "-d", src, "-c", CONFIGURATION, "-f", "all", "-tr", SOURCE_TRAINER, "-device", device,
-                "--disable_tta", "-npp", "1", "-nps", "1"], "predict_source_only")
+                *PREDICT_OPTIONS], "predict_source_only")
     runner.run("prepare-target: preprocessing the target with the source plans",
                ["nnunet-sfda", "prepare-target", "-m", str(model_folder), "-d", tgt, "-c", CONFIGURATION,
                 "-np", "1"], "prepare_target")
@@ -97,7 +97,7 @@ def run_demo(work: Path, overwrite: bool = False, device: str = "cpu", seed: int
     runner.run("adapted prediction on the target test cases",
                ["nnUNetv2_predict", "-i", str(layout.target_test_images), "-o", str(preds / "adapted"),
                 "-d", tgt, "-c", CONFIGURATION, "-f", "all", "-tr", "nnUNetTrainerSFDA", "-device", device,
-                "--disable_tta", "-npp", "1", "-nps", "1"], "predict_adapted")
+                *PREDICT_OPTIONS], "predict_adapted")
 
     cases = layout.target_test_case_ids
     before = mean_foreground_dice(preds / "source_only", layout.target_test_labels, cases, num_classes)
