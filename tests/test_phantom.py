@@ -460,7 +460,8 @@ def test_make_demo_datasets_target_spacing_only_on_target(tmp_path):
 
 
 def test_family_registry():
-    assert {"default", "low_contrast", "t1_contrast", "bias_field", "noise", "blur_resolution", "invert"} <= set(SHIFT_FAMILIES)
+    assert {"default", "low_contrast", "t1_contrast", "bias_field", "noise", "blur_resolution",
+            "invert"} <= set(SHIFT_FAMILIES)
     assert SHIFT_FAMILIES["default"].shifts == DEFAULT_SHIFT and SHIFT_FAMILIES["default"].target_spacing is None
     assert SHIFT_FAMILIES["low_contrast"].shifts == LOW_CONTRAST_SHIFT
     assert SHIFT_FAMILIES["blur_resolution"].target_spacing == COARSE
