@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
 
 from nnunet_sfda.priors import (
     PRIOR_FILE_NAME,
@@ -42,9 +40,9 @@ from nnunet_sfda.priors.volumes import (
     true_size_prior,
     volume_prior,
 )
-from nnunet_sfda.target import (
-    TargetError,
-    prepared_configurations,
+from nnunet_sfda.metrics import read_label_map
+from nnunet_sfda.prepared import (
+    case_geometries,
     prepared_dataset_json,
     preprocessed_dataset_folder,
 )
@@ -93,43 +91,7 @@ def _save(target: _Target, make, output, overwrite: bool, name: str = PRIOR_FILE
 # ------------------------------------------------------------------------------------------------ geometry
 
 
-def case_geometries(preprocessed_folder: Path) -> list[CaseGeometry]:
-    """Each prepared case's geometry in the prior's frame, from nnU-Net's saved case properties."""
-    configurations = prepared_configurations(preprocessed_folder)
-    name, entry = sorted(configurations.items())[0]  # the crop and transpose are the same for every configuration
-    plans_file = preprocessed_folder / f"{entry.plans_identifier}.json"
-    plans = json.loads(plans_file.read_text())
-    data_folder = preprocessed_folder / plans["configurations"][name]["data_identifier"]
-    transpose = tuple(int(i) for i in plans["transpose_forward"])
-    files = sorted(data_folder.glob("*.pkl"))
-    if not files:
-        raise TargetError(f"{data_folder} holds no preprocessed cases; run prepare-target again")
-    out = []
-    for file in files:
-        with open(file, "rb") as fh:
-            props = pickle.load(fh)
-        shape_before = tuple(int(v) for v in props["shape_before_cropping"])  # transposed order
-        raw_shape = [0] * len(transpose)
-        for frame_axis, raw_axis in enumerate(transpose):
-            raw_shape[raw_axis] = shape_before[frame_axis]
-        out.append(CaseGeometry(
-            case=file.stem,
-            shape=tuple(int(v) for v in props["shape_after_cropping_and_before_resampling"]),
-            spacing_mm=tuple(float(props["spacing"][a]) for a in transpose),
-            crop_lower=tuple(int(b[0]) for b in props["bbox_used_for_cropping"]),
-            transpose=transpose,
-            raw_shape=tuple(raw_shape),
-        ))
-    return out
-
-
 # ----------------------------------------------------------------------------------------------- label maps
-
-
-def read_label_map(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
-    """A label image as nnU-Net reads it: array in SimpleITK order (z, y, x) and spacing in mm in the same order."""
-    image = sitk.ReadImage(str(path))
-    return sitk.GetArrayFromImage(image), tuple(float(s) for s in reversed(image.GetSpacing()))
 
 
 def _label_files(folder: Path, file_ending: str) -> dict[str, Path]:

@@ -19,11 +19,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import zipfile
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -33,134 +31,23 @@ from nnunet_sfda.priors import (
     load_prior,
 )
 
-RECORD_FILE_NAME = "sfda_target.json"
-RECORD_FORMAT_VERSION = 1
-UNPACKED_MODEL_DIR = "sfda_source_model"
-DEFAULT_CHECKPOINT = "checkpoint_final.pth"
-
-
-class TargetError(ValueError):
-    """A problem with the model, the target dataset or the preprocessed folder; the message names the file."""
-
-
-# --------------------------------------------------------------------------------------------- the adaptation record
-@dataclass(frozen=True)
-class SourceCheckpoint:
-    """Where adaptation of one configuration starts from."""
-
-    configuration: str
-    model_folder: str
-    fold: str
-    checkpoint: str
-    plans_identifier: str
-    source_dataset_name: str
-    has_monitoring_labels: bool
-    num_cases: int
-
-
-def record_path(preprocessed_dataset_folder: str | os.PathLike) -> Path:
-    return Path(preprocessed_dataset_folder) / RECORD_FILE_NAME
-
-
-def _read_record_file(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        return {"format_version": RECORD_FORMAT_VERSION, "configurations": {}}
-    try:
-        record = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise TargetError(f"{path}: not valid JSON ({e})") from e
-    if record.get("format_version") != RECORD_FORMAT_VERSION or not isinstance(record.get("configurations"), dict):
-        raise TargetError(f"{path}: expected an adaptation record with format_version {RECORD_FORMAT_VERSION} "
-                          f"and a 'configurations' mapping; re-run `nnunet-sfda prepare-target --overwrite`")
-    return record
-
-
-def read_source_checkpoint(preprocessed_dataset_folder: str | os.PathLike, configuration: str) -> SourceCheckpoint:
-    """Read which source checkpoint adaptation of ``configuration`` starts from (written by prepare-target)."""
-    path = record_path(preprocessed_dataset_folder)
-    if not path.is_file():
-        raise TargetError(f"{path} does not exist: this dataset was not prepared for adaptation. Run "
-                          f"`nnunet-sfda prepare-target -m SOURCE_MODEL -d DATASET -c {configuration}` first.")
-    configurations = _read_record_file(path)["configurations"]
-    if configuration not in configurations:
-        raise TargetError(f"{path} has no entry for configuration '{configuration}' (prepared: "
-                          f"{sorted(configurations) or 'none'}). Run `nnunet-sfda prepare-target ... -c {configuration}`.")
-    try:
-        return SourceCheckpoint(**configurations[configuration])
-    except TypeError as e:
-        raise TargetError(f"{path}: entry '{configuration}' is malformed ({e})") from e
-
-
-def prepared_configurations(preprocessed_dataset_folder: str | os.PathLike) -> dict[str, SourceCheckpoint]:
-    """Every configuration prepare-target recorded for this dataset (configuration name -> record entry)."""
-    path = record_path(preprocessed_dataset_folder)
-    if not path.is_file():
-        raise TargetError(f"{path} does not exist: this dataset was not prepared for adaptation. Run "
-                          "`nnunet-sfda prepare-target -m SOURCE_MODEL -d DATASET -c CONFIGURATION` first.")
-    return {name: read_source_checkpoint(preprocessed_dataset_folder, name)
-            for name in _read_record_file(path)["configurations"]}
-
-
-def _write_record_entry(path: Path, entry: SourceCheckpoint) -> None:
-    record = _read_record_file(path)
-    record["configurations"][entry.configuration] = asdict(entry)
-    _atomic_write_json(path, record)
-
-
-def _atomic_write_json(path: Path, content: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as f:
-        json.dump(content, f, indent=2)
-        tmp = f.name
-    os.replace(tmp, path)
-
-
-# ------------------------------------------------------------------------------------------------ source checkpoints
-def load_checkpoint_weights(checkpoint_file: str | os.PathLike, device: Any = "cpu") -> dict:
-    """The network weights of an nnU-Net checkpoint, mapped to ``device`` (a checkpoint saved on GPU loads on CPU)."""
-    import torch
-
-    try:
-        checkpoint = torch.load(checkpoint_file, map_location=device, weights_only=False)
-    except Exception as e:  # torch raises several unrelated types for a corrupt file
-        raise TargetError(f"{checkpoint_file}: cannot be read as a torch checkpoint ({e})") from e
-    if not isinstance(checkpoint, dict) or "network_weights" not in checkpoint:
-        raise TargetError(f"{checkpoint_file}: not an nnU-Net checkpoint (no 'network_weights' entry)")
-    return checkpoint["network_weights"]
-
-
-def check_weights_match(expected: dict, weights: dict, checkpoint_file: str | os.PathLike, network_desc: str) -> None:
-    """Raise TargetError unless ``weights`` has exactly the keys and shapes of ``expected`` (both state dicts)."""
-    missing = [k for k in expected if k not in weights]
-    unexpected = [k for k in weights if k not in expected]
-    if missing or unexpected:
-        raise TargetError(f"{checkpoint_file} does not match {network_desc}: "
-                          f"missing {missing[:3]}{'...' if len(missing) > 3 else ''}, "
-                          f"unexpected {unexpected[:3]}{'...' if len(unexpected) > 3 else ''}")
-    for key, tensor in expected.items():
-        if tuple(weights[key].shape) != tuple(tensor.shape):
-            raise TargetError(f"{checkpoint_file} does not match {network_desc}: '{key}' has shape "
-                              f"{tuple(weights[key].shape)} in the checkpoint, {tuple(tensor.shape)} in the network")
-
-
-def build_network_for(plans: dict, configuration: str, dataset_json: dict):
-    """The network nnU-Net builds for this plans/configuration (what nnUNetTrainer.build_network_architecture does)."""
-    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
-    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
-    plans_manager = PlansManager(plans)
-    configuration_manager = plans_manager.get_configuration(configuration)
-    label_manager = plans_manager.get_label_manager(dataset_json)
-    return get_network_from_plans(
-        configuration_manager.network_arch_class_name,
-        configuration_manager.network_arch_init_kwargs,
-        configuration_manager.network_arch_init_kwargs_req_import,
-        determine_num_input_channels(plans_manager, configuration_manager, dataset_json),
-        label_manager.num_segmentation_heads,
-        allow_init=False,
-        deep_supervision=False,
-    )
+from nnunet_sfda.files import atomic_write_json
+from nnunet_sfda.prepared import (
+    DEFAULT_CHECKPOINT,
+    UNPACKED_MODEL_DIR,
+    SourceCheckpoint,
+    TargetError,
+    build_network_for,
+    check_weights_match,
+    data_identifier,
+    load_checkpoint_weights,
+    load_json,
+    read_record_file,
+    record_path,
+    require_env,
+    target_dataset_name,
+    write_record_entry,
+)
 
 
 # ------------------------------------------------------------------------------------------------------ model folder
@@ -170,15 +57,6 @@ class SourceModel:
     plans: dict
     dataset_json: dict
     fingerprint_file: Path | None
-
-
-def _load_json(path: Path, what: str) -> dict:
-    if not path.is_file():
-        raise TargetError(f"{path} not found: {what}")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise TargetError(f"{path}: not valid JSON ({e})") from e
 
 
 def _model_folders_in(root: Path) -> list[Path]:
@@ -227,8 +105,8 @@ def resolve_model_folder(model: Path, configuration: str, unpack_to: Path, overw
 
 
 def read_source_model(folder: Path, configuration: str) -> SourceModel:
-    plans = _load_json(folder / "plans.json", "the source model folder must hold plans.json")
-    dataset_json = _load_json(folder / "dataset.json", "the source model folder must hold dataset.json")
+    plans = load_json(folder / "plans.json", "the source model folder must hold plans.json")
+    dataset_json = load_json(folder / "dataset.json", "the source model folder must hold dataset.json")
     if configuration not in plans.get("configurations", {}):
         raise TargetError(f"{folder / 'plans.json'} has no configuration '{configuration}' "
                           f"(available: {', '.join(plans.get('configurations', {}))})")
@@ -351,33 +229,16 @@ class PreparedTarget:
     prior_file: Path | None
 
 
-def _target_dataset_name(dataset: str | int) -> str:
-    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
-
-    try:
-        return maybe_convert_to_dataset_name(dataset)
-    except (RuntimeError, ValueError) as e:
-        raise TargetError(f"target dataset '{dataset}' not found under nnUNet_raw="
-                          f"{os.environ.get('nnUNet_raw')}: {str(e).splitlines()[0]}") from e
-
-
-def _require_env(name: str) -> Path:
-    value = os.environ.get(name)
-    if not value:
-        raise TargetError(f"the environment variable {name} is not set (nnU-Net's path variables are required)")
-    return Path(value)
-
-
 def prepare_target(model: str | os.PathLike, dataset: str | int, configuration: str, fold: str | None = None,
                    checkpoint_name: str = DEFAULT_CHECKPOINT, num_processes: int | None = None,
                    overwrite: bool = False, prior_file: str | os.PathLike | None = None) -> PreparedTarget:
     """Preprocess the target's images with the source model's plans and record the checkpoint to start from."""
-    raw_root = _require_env("nnUNet_raw")
-    preprocessed_root = _require_env("nnUNet_preprocessed")
-    dataset_name = _target_dataset_name(dataset)
+    raw_root = require_env("nnUNet_raw")
+    preprocessed_root = require_env("nnUNet_preprocessed")
+    dataset_name = target_dataset_name(dataset)
     raw_folder = raw_root / dataset_name
     target_json_path = raw_folder / "dataset.json"
-    target_json = _load_json(target_json_path, "the target dataset needs a dataset.json")
+    target_json = load_json(target_json_path, "the target dataset needs a dataset.json")
     out_folder = preprocessed_root / dataset_name
 
     model_folder = resolve_model_folder(Path(model), configuration, out_folder / UNPACKED_MODEL_DIR, overwrite)
@@ -399,16 +260,14 @@ def prepare_target(model: str | os.PathLike, dataset: str | int, configuration: 
     plans["dataset_name"] = dataset_name
     plans_identifier = plans["plans_name"]
     plans_file = out_folder / f"{plans_identifier}.json"
-    data_identifier = plans["configurations"][configuration].get("data_identifier",
-                                                                  f"{plans_identifier}_{configuration}")
-    data_folder = out_folder / data_identifier
+    data_folder = out_folder / data_identifier(plans, configuration)
     record_file = record_path(out_folder)
     installed_prior = out_folder / PRIOR_FILE_NAME
 
     conflicts = []
     if data_folder.exists():
         conflicts.append(str(data_folder))
-    if configuration in _read_record_file(record_file)["configurations"]:
+    if configuration in read_record_file(record_file)["configurations"]:
         conflicts.append(f"{record_file} (entry '{configuration}')")
     if plans_file.is_file() and json.loads(plans_file.read_text()) != plans:
         conflicts.append(f"{plans_file} (different plans)")
@@ -424,12 +283,12 @@ def prepare_target(model: str | os.PathLike, dataset: str | int, configuration: 
     has_labels = labels_dir.is_dir() and all(f.is_file() for f in label_files.values())
 
     out_folder.mkdir(parents=True, exist_ok=True)
-    _atomic_write_json(plans_file, plans)
-    _atomic_write_json(out_folder / "dataset.json", target_json)
+    atomic_write_json(plans_file, plans)
+    atomic_write_json(out_folder / "dataset.json", target_json)
     if source.fingerprint_file is not None:
         shutil.copyfile(source.fingerprint_file, out_folder / "dataset_fingerprint.json")
     else:  # nnU-Net's trainer copies this file next to its results; it is informative only
-        _atomic_write_json(out_folder / "dataset_fingerprint.json", {"note": "source model had no fingerprint"})
+        atomic_write_json(out_folder / "dataset_fingerprint.json", {"note": "source model had no fingerprint"})
 
     if data_folder.exists():
         shutil.rmtree(data_folder)
@@ -444,22 +303,10 @@ def prepare_target(model: str | os.PathLike, dataset: str | int, configuration: 
                              checkpoint=str(checkpoint.resolve()), plans_identifier=plans_identifier,
                              source_dataset_name=source_dataset_name, has_monitoring_labels=has_labels,
                              num_cases=len(cases))
-    _write_record_entry(record_file, entry)
+    write_record_entry(record_file, entry)
     if prior is not None:
         shutil.copyfile(prior_file, installed_prior)
     return PreparedTarget(out_folder, plans_file, data_folder, entry,
                           installed_prior if installed_prior.is_file() else None)
 
 
-def preprocessed_dataset_folder(dataset: str | int) -> Path:
-    """``nnUNet_preprocessed/DatasetTTT_Name`` for a dataset id or name."""
-    return _require_env("nnUNet_preprocessed") / _target_dataset_name(dataset)
-
-
-def prepared_dataset_json(preprocessed_folder: Path) -> dict:
-    """The prepared target's ``dataset.json``; a clear error when the dataset was not prepared."""
-    return _load_json(preprocessed_folder / "dataset.json", "run `nnunet-sfda prepare-target` for this dataset first")
-
-
-def dataset_labels(preprocessed_folder: Path) -> dict:
-    return _labels_of(prepared_dataset_json(preprocessed_folder))

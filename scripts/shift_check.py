@@ -38,7 +38,7 @@ def main() -> None:
     import torch
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
-    from nnunet_sfda.benchmark.metrics import case_metrics
+    from nnunet_sfda.metrics import case_metrics
     from nnunet_sfda.benchmark.phantom import (
         DEFAULT_SHIFT,
         DIM_ORGAN_LEVELS,

@@ -14,7 +14,7 @@ import torch
 from conftest import nnunet_env, run
 from nnunet_sfda.benchmark.commands import PREDICT_OPTIONS, console_script
 from nnunet_sfda.priors import constant_prior, save_prior
-from nnunet_sfda.target import build_network_for
+from nnunet_sfda.prepared import build_network_for
 
 pytestmark = pytest.mark.slow
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from nnunet_sfda.benchmark.metrics import CaseMetrics, case_metrics, evaluate_folder, foreground_labels, summarize
+from nnunet_sfda.metrics import CaseMetrics, case_metrics, evaluate_folder, foreground_labels, summarize
 
 LABELS = {"background": 0, "organ": 1, "lesion": 2, "ignore": 3}
 

@@ -10,7 +10,8 @@ import pytest
 
 from nnunet_sfda.cli import main as cli
 from nnunet_sfda.priors import constant_prior, save_prior
-from nnunet_sfda.target import TargetError, prepare_target, read_source_checkpoint
+from nnunet_sfda.prepared import TargetError, read_source_checkpoint
+from nnunet_sfda.target import prepare_target
 
 pytestmark = pytest.mark.slow  # uses the session's trained source model
 

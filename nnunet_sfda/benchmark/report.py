@@ -429,7 +429,7 @@ def largest_foreground_slice(label: np.ndarray) -> int:
 
 def slice_dice(prediction: np.ndarray, ground_truth: np.ndarray) -> float:
     """Mean Dice over the label values (non-zero) present in either 2D array; 1.0 when both are empty (as
-    :mod:`nnunet_sfda.benchmark.metrics` counts two empty masks)."""
+    :mod:`nnunet_sfda.metrics` counts two empty masks)."""
     values = np.union1d(np.unique(prediction), np.unique(ground_truth))
     values = values[values != 0]
     if values.size == 0:

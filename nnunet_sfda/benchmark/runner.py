@@ -40,7 +40,7 @@ from pathlib import Path
 import SimpleITK as sitk
 
 from nnunet_sfda.benchmark.commands import PREDICT_OPTIONS, StepRunner, nnunet_env
-from nnunet_sfda.benchmark.metrics import evaluate_folder, summarize
+from nnunet_sfda.metrics import evaluate_folder, summarize
 from nnunet_sfda.benchmark.phantom import (
     SHIFT_FAMILIES,
     PhantomSpec,

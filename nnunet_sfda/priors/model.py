@@ -98,7 +98,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import secrets
 from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
@@ -117,6 +116,8 @@ from pydantic import (
     model_validator,
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
+
+from nnunet_sfda.files import atomic_write_text
 
 __all__ = [
     "CURRENT_FORMAT_VERSION",
@@ -457,18 +458,7 @@ def save_prior(prior: ClassRatioPrior, path: str | os.PathLike[str], overwrite: 
         raise FileExistsError(f"prior file {path} already exists; pass overwrite=True to replace it")
     text = prior_to_json(prior)
     prior_from_json(text, where=str(path))  # guard against objects built with model_construct etc.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, text)
     return path
 
 

@@ -50,7 +50,7 @@ from nnunet_sfda.priors import PRIOR_FILE_NAME, ClassRatioPrior, check_prior_lab
 from nnunet_sfda.priors.geometry import patch_prior
 from nnunet_sfda.settings import load_settings
 from nnunet_sfda.trainers.loader import BoxReportingDataLoader
-from nnunet_sfda.target import (
+from nnunet_sfda.prepared import (
     SourceCheckpoint,
     check_weights_match,
     load_checkpoint_weights,

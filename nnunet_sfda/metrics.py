@@ -1,4 +1,5 @@
-"""Segmentation metrics for the benchmark: Dice, ASSD and HD95, the distances in millimetres.
+"""The one home of test-case metrics (benchmark, demo, report, scripts): Dice, ASSD and HD95 in millimetres, and
+reading a label map.
 
 Pure functions: numpy label maps in, plain Python floats (or ``None``) out. Nothing here imports nnU-Net. The surface
 distances come from MONAI (``monai.metrics.compute_average_surface_distance`` and
@@ -55,7 +56,7 @@ from typing import Any, Union
 
 import numpy as np
 
-__all__ = ["CaseMetrics", "case_metrics", "evaluate_folder", "summarize", "foreground_labels"]
+__all__ = ["CaseMetrics", "case_metrics", "evaluate_folder", "summarize", "foreground_labels", "read_label_map"]
 
 LabelValue = Union[int, Sequence[int]]
 
@@ -177,7 +178,8 @@ def case_metrics(pred: np.ndarray, gt: np.ndarray, spacing_mm: Sequence[float], 
     return CaseMetrics(case=case, dice=dice, assd_mm=assd, hd95_mm=hd95)
 
 
-def _read(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
+def read_label_map(path: str | Path) -> tuple[np.ndarray, tuple[float, ...]]:
+    """A label image as nnU-Net reads it: array in SimpleITK order (z, y, x), spacing in mm in the same order."""
     import SimpleITK as sitk
 
     img = sitk.ReadImage(str(path))
@@ -208,8 +210,8 @@ def evaluate_folder(pred_dir: Path, gt_dir: Path, labels: Mapping[str, LabelValu
             raise FileNotFoundError(f"missing ground truth {gt_file}")
         if not pred_file.is_file():
             raise FileNotFoundError(f"missing prediction {pred_file} (ground truth {gt_file} exists)")
-        gt, gt_spacing = _read(gt_file)
-        pred, pred_spacing = _read(pred_file)
+        gt, gt_spacing = read_label_map(gt_file)
+        pred, pred_spacing = read_label_map(pred_file)
         if pred.shape != gt.shape:
             raise ValueError(f"{pred_file.name}: prediction shape {pred.shape} != ground truth shape {gt.shape} "
                              f"(array order z, y, x)")

@@ -1,0 +1,62 @@
+"""The one home for writing files safely and reading JSON with errors that name the file.
+
+Every file the project writes goes through :func:`atomic_write_text` (or :func:`atomic_write_json`): a temporary
+file beside the destination, flushed and fsynced, then ``os.replace``'d over it, so a reader never sees a
+half-written file and an interrupted write leaves the old one intact.
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+
+class FileContentError(ValueError):
+    """A file exists but its content is not what it should be; the message names the file."""
+
+
+def atomic_write_text(path: str | os.PathLike, text: str, overwrite: bool = True) -> Path:
+    """Write ``text`` to ``path`` atomically (temp file beside it, fsync, ``os.replace``); parents are created.
+
+    ``overwrite=False`` refuses an existing file with :class:`FileExistsError`. A folder at ``path`` raises
+    :class:`IsADirectoryError` naming it.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder; give a file path")
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} already exists; pass --overwrite to replace it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_json(path: str | os.PathLike, content: Any, overwrite: bool = True, indent: int = 2) -> Path:
+    """:func:`atomic_write_text` of ``content`` as JSON (NaN allowed: Python's JSON reads it back)."""
+    return atomic_write_text(path, json.dumps(content, indent=indent, allow_nan=True) + "\n", overwrite=overwrite)
+
+
+def read_json(path: str | os.PathLike, what: str = "") -> Any:
+    """The JSON content of ``path``; a missing file or invalid JSON raises :class:`FileContentError` naming it.
+
+    ``what`` says what the file is for, e.g. "the source model folder must hold plans.json".
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileContentError(f"{path} not found" + (f": {what}" if what else ""))
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise FileContentError(f"{path}: not valid JSON ({e})") from None
