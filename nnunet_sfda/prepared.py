@@ -206,3 +206,34 @@ def case_geometries(preprocessed_folder: Path) -> list[CaseGeometry]:
             raw_shape=tuple(raw_shape),
         ))
     return out
+
+
+def check_prior_fits_target(prior: Any, preprocessed_folder: Path, where: str) -> list[str]:
+    """Check a prior's per-case and per-slice entries against the prepared cases; return warnings.
+
+    A per-slice index outside its case's slices (in the prior's frame: after nnU-Net's crop) raises TargetError
+    naming ``where``, the case and the valid range. Entries for cases the target does not hold are only warned
+    about (the target may have been prepared with fewer cases), and so is a prior whose per-case or per-slice
+    ratios cover none of the target's cases, which then all fall back to the dataset ratio.
+    """
+    geometries = {g.case: g for g in case_geometries(Path(preprocessed_folder))}
+    for case, slices in (prior.per_slice or {}).items():
+        geometry = geometries.get(case)
+        if geometry is None:
+            continue
+        outside = sorted(int(i) for i in slices if not 0 <= int(i) < geometry.shape[0])
+        if outside:
+            raise TargetError(f"{where}: per_slice.{case} names slice{'s' if len(outside) > 1 else ''} "
+                              f"{', '.join(map(str, outside[:5]))}{' ...' if len(outside) > 5 else ''}, but the "
+                              f"prepared case has slices 0-{geometry.shape[0] - 1} (after nnU-Net's crop); "
+                              "re-run estimate-prior for this target")
+    warnings = []
+    named = set(prior.per_case or {}) | set(prior.per_slice or {})
+    unknown = sorted(named - set(geometries))
+    if named and unknown == sorted(named):
+        warnings.append(f"{where}: its per-case/per-slice ratios name none of the target's {len(geometries)} cases "
+                        f"(e.g. {', '.join(unknown[:3])}); every case will use the dataset ratio")
+    elif unknown:
+        warnings.append(f"{where}: ratios for {len(unknown)} case(s) the target does not hold "
+                        f"({', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}) are ignored")
+    return warnings
