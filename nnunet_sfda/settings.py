@@ -43,3 +43,20 @@ def load_settings() -> SFDASettings:
     except ValidationError as e:
         problems = "; ".join(f"{ENV_PREFIX}{err['loc'][0]}: {err['msg']}" for err in e.errors())
         raise ValueError(f"invalid nnU-Net SFDA environment setting: {problems}") from None
+
+
+def settings_env(**values: object) -> dict[str, str]:
+    """The ``nnUNet_sfda_*`` variables for ``values`` (field names of :class:`SFDASettings`), validated by the model.
+
+    Code that launches training builds its environment here instead of typing variable names by hand: an unknown
+    field or a bad value fails before anything runs.
+    """
+    unknown = sorted(set(values) - set(SFDASettings.model_fields))
+    if unknown:
+        raise ValueError(f"unknown nnU-Net SFDA setting(s) {unknown}; known: {sorted(SFDASettings.model_fields)}")
+    try:
+        SFDASettings.model_validate({k: v for k, v in values.items() if v is not None})
+    except ValidationError as e:
+        problems = "; ".join(f"{ENV_PREFIX}{err['loc'][0]}: {err['msg']}" for err in e.errors())
+        raise ValueError(f"invalid nnU-Net SFDA setting: {problems}") from None
+    return {f"{ENV_PREFIX}{k}": str(v) for k, v in values.items() if v is not None}
