@@ -12,6 +12,8 @@ def _prepare_target(args: argparse.Namespace) -> None:
     prepared = prepare_target(args.m, args.d, args.c, fold=args.f, checkpoint_name=args.chk,
                               num_processes=args.np, overwrite=args.overwrite, prior_file=args.prior)
     src = prepared.source
+    for message in prepared.warnings:
+        print(f"warning: {message}", file=sys.stderr)
     print(f"Prepared {prepared.data_folder} ({src.num_cases} cases, "
           f"{'with' if src.has_monitoring_labels else 'without'} monitoring labels)")
     print(f"Adaptation starts from {src.checkpoint}")
@@ -49,47 +51,31 @@ def _list_tables() -> None:
 
 
 def _estimate_prior(args: argparse.Namespace) -> None:
-    from nnunet_sfda import estimate
     from nnunet_sfda.priors import format_prior_table
+    from nnunet_sfda.target_prior import estimate_prior, set_option_flags
 
+    options = {"ratios": args.ratios, "anatomy": args.anatomy, "structures": _structure_mapping(args.structure),
+               "population": args.population, "labels": args.labels, "true_size": args.true_size,
+               "pixels": args.pixels, "tags": args.tags, "slice_model": args.slice_model,
+               "volume_scale": args.volume_scale, "install": args.install, "output": args.o}
     if args.list_tables:
+        others = set_option_flags(options) + (["-d"] if args.d else [])
+        if others:
+            raise ValueError(f"--list-tables lists the built-in tables and exits; it takes no {', '.join(others)}")
         _list_tables()
         return
     if args.d is None:
         raise ValueError("give the target dataset with -d (or --list-tables)")
-    if args.install is not None:
-        path = estimate.install_prior(args.d, args.install, overwrite=args.overwrite)
-        print(f"Installed {args.install} as {path}")
-        return
-    sources = [name for name in ("ratios", "anatomy", "labels", "pixels") if getattr(args, name) is not None]
-    if len(sources) != 1:
-        raise ValueError("give exactly one of --anatomy TABLE, --labels FOLDER, --pixels CSV, --ratios r0 r1 ... "
-                         "or --install FILE" + (f" (got {', '.join('--' + s for s in sources)})" if sources else ""))
-    if args.structure and args.anatomy is None:
-        raise ValueError("--structure maps labels to the rows of an anatomy table; it needs --anatomy")
-    if args.true_size and args.labels is None:
-        raise ValueError("--true-size measures target label maps; it needs --labels FOLDER")
-    common = {"output": args.o, "overwrite": args.overwrite}
-    shaping = {"tags_file": args.tags, "slice_model": args.slice_model, "scale": args.volume_scale}
-    if args.anatomy is not None:
-        result = estimate.estimate_anatomy_prior(args.d, args.anatomy, _structure_mapping(args.structure),
-                                                 population=args.population, **shaping, **common)
-    elif args.labels is not None and args.true_size:
-        result = estimate.estimate_true_size_prior(args.d, args.labels, **common)
-    elif args.labels is not None:
-        result = estimate.estimate_label_statistics_prior(args.d, args.labels, **shaping, **common)
-    elif args.pixels is not None:
-        result = estimate.estimate_pixel_prior(args.d, args.pixels, **common)
-    else:
-        result = estimate.estimate_constant_prior(args.d, args.ratios, **common)
-    print(format_prior_table(result.prior))
+    result = estimate_prior(args.d, **options, overwrite=args.overwrite)
+    if args.install is None:
+        print(format_prior_table(result.prior))
     for message in result.warnings:
         print(f"warning: {message}", file=sys.stderr)
-    print(f"Wrote {result.path}")
+    print(f"Installed {args.install} as {result.path}" if args.install is not None else f"Wrote {result.path}")
 
 
 def _label_stats(args: argparse.Namespace) -> None:
-    from nnunet_sfda.estimate import write_label_statistics_table
+    from nnunet_sfda.target_prior import write_label_statistics_table
 
     stats, path = write_label_statistics_table(args.folder, args.dataset_json, args.o, overwrite=args.overwrite)
     for name, entry in stats.summary()["labels"].items():
@@ -97,6 +83,15 @@ def _label_stats(args: argparse.Namespace) -> None:
         print(f"{name}: volume {v['mean']:.4g} ± {v['sd']:.3g} mL (range {v['min']:.4g}-{v['max']:.4g}), "
               f"present in {entry['slice_presence']:.0%} of slices")
     print(f"Wrote {path} ({stats.num_images} label maps); use it with estimate-prior --anatomy {path}")
+
+
+def _report(args: argparse.Namespace) -> None:
+    from nnunet_sfda.qc.report import make_report
+
+    result = make_report(args.d, args.c, args.tr, plans=args.p, images=args.i, labels=args.labels, output=args.o,
+                         device=args.device, overwrite=args.overwrite)
+    counts = ", ".join(f"{r} {n}" for r, n in result.report.counts().items())
+    print(f"Wrote {result.folder} ({len(result.report.cases)} cases: {counts}); see sfda_report.md there")
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -113,18 +108,10 @@ def _benchmark(args: argparse.Namespace) -> None:
     print(result_summary(results))
 
 
-CONVERTERS = ("prostate", "heart", "spine")
-
-
 def _convert(args: argparse.Namespace) -> None:
-    import importlib
+    from nnunet_sfda.datasets.registry import CONVERTERS
 
-    module = importlib.import_module(f"nnunet_sfda.datasets.{args.task}")
-    options = {k: v for k, v in vars(args).items()
-               if k not in ("func", "command", "task", "src_dir", "source_id", "target_id")}
-    source_id = args.source_id if args.source_id is not None else module.DEFAULT_SOURCE_ID
-    target_id = args.target_id if args.target_id is not None else module.DEFAULT_TARGET_ID
-    pair = module.convert(Path(args.src_dir), source_id=source_id, target_id=target_id, **options)
+    pair = CONVERTERS[args.task].convert(args)
     print(f"source: {pair.source} ({pair.num_source} labelled cases)")
     print(f"target: {pair.target} ({pair.num_target} cases, no labels)")
     print(f"target labels for evaluation only: {pair.target_labels}")
@@ -167,11 +154,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ratios", type=float, nargs="+", help="constant ratios, one per label in dataset.json order")
     p.add_argument("--tags", default=None, metavar="CSV",
                    help="where each structure is present (columns case,label,slices; slices along raw axis 0)")
-    p.add_argument("--slice-model", choices=["none", "ellipsoid"], default="none",
-                   help="per-slice ratios for untagged cases: none (per-case only) or a centred ellipsoid profile")
-    p.add_argument("--volume-scale", type=float, default=1.0,
-                   help="multiply every structure volume (sensitivity studies; default 1)")
-    p.add_argument("--install", default=None, help="install an existing prior file as the dataset's prior")
+    p.add_argument("--slice-model", choices=["none", "ellipsoid"], default=None,
+                   help="with --anatomy or --labels: per-slice ratios for untagged cases: none (default: per-case "
+                        "only) or a centred ellipsoid profile")
+    p.add_argument("--volume-scale", type=float, default=None,
+                   help="with --anatomy or --labels: multiply every structure volume (sensitivity studies; "
+                        "default 1)")
+    p.add_argument("--install", default=None, metavar="FILE",
+                   help="install an existing prior file as the dataset's prior (checked against its cases)")
     p.add_argument("-o", default=None, help="write here instead of <nnUNet_preprocessed>/DatasetXXX/sfda_prior.json")
     p.add_argument("--overwrite", action="store_true", help="replace an existing prior file")
     p.set_defaults(func=_estimate_prior)
@@ -183,10 +173,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing file")
     p.set_defaults(func=_label_stats)
 
+    p = sub.add_parser("report", help="per-case QC of an adapted target: source vs adapted, flags, a recommendation",
+                       description="Predict each scan with the source and the adapted model and write, per case, "
+                                   "volumes against their plausible range, source/adapted agreement, a flip "
+                                   "consistency score, flags and a recommendation (adapted, source or review); "
+                                   "no labels needed. See docs/report.md.")
+    p.add_argument("-d", required=True, help="target dataset id or name (prepared with prepare-target)")
+    p.add_argument("-c", required=True, help="configuration, e.g. 2d or 3d_fullres")
+    p.add_argument("-tr", required=True, help="trainer of the adapted model, e.g. nnUNetTrainerSFDA")
+    p.add_argument("-p", default=None, help="plans of the adapted model (default: the prepared target's)")
+    p.add_argument("-i", default=None, metavar="IMAGES",
+                   help="folder of scans CASE_XXXX.ending to report on (default: the prepared cases in imagesTr)")
+    p.add_argument("--labels", default=None, metavar="LABELS",
+                   help="folder of label maps CASE.ending: adds each model's Dice (to check the flags)")
+    p.add_argument("-o", default=None, help="output folder (default: a new ./sfda_report_<d>_<tr>)")
+    p.add_argument("-device", default="cpu", help="cpu or cuda")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier report in -o (never a folder the report did not make)")
+    p.set_defaults(func=_report)
+
     p = sub.add_parser("demo", help="generate a source and a shifted target, train, adapt, compare Dice")
     p.add_argument("-o", default="sfda_demo", help="working folder (all nnU-Net folders live inside it)")
     p.add_argument("-device", default="cpu", help="cpu or cuda")
-    p.add_argument("--overwrite", action="store_true", help="delete an existing working folder first")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier demo's working folder (never a folder the demo did not make)")
     p.set_defaults(func=_demo)
 
     p = sub.add_parser("benchmark", help="generated domain shifts: source-only, baselines, AdaMI and oracle compared",
@@ -196,30 +206,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="quick", choices=["micro", "quick", "full"],
                    help="quick: the default shift in 2d on a CPU (about 17 min on 2 idle cores); full: bigger data for one GPU; "
                         "micro: a smoke test")
-    p.add_argument("--methods", default=None, help="comma-separated subset (default: all): source_only, entropy_only, "
-                                                   "tent, adami, adami_per_sample, adami_batch_marginal, "
-                                                   "adami_true_size, oracle")
+    from nnunet_sfda.benchmark.methods import METHODS
+
+    p.add_argument("--methods", default=None, help=f"comma-separated subset (default: all): {', '.join(METHODS)}")
     p.add_argument("--shifts", default=None, help="default, all, or comma-separated shift families")
     p.add_argument("-device", default="cpu", help="cpu or cuda")
     p.add_argument("--seed", type=int, default=0, help="seed of the data and of every training run")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in -o")
-    p.add_argument("--overwrite", action="store_true", help="delete -o first")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier benchmark run in -o (never a folder the benchmark did not make)")
     p.set_defaults(func=_benchmark)
 
     p = sub.add_parser("convert", help="convert a public dataset of the AdaMI paper into source + target datasets")
     tasks = p.add_subparsers(dest="task", required=True)
-    for task in CONVERTERS:
-        import importlib
+    from nnunet_sfda.datasets.registry import CONVERTERS
 
-        module = importlib.import_module(f"nnunet_sfda.datasets.{task}")
-        t = tasks.add_parser(task, help=(module.__doc__ or task).strip().splitlines()[0],
-                             description=(module.__doc__ or "").strip())
-        t.add_argument("src_dir", help="the downloaded dataset folder (layout: docs/recipes/%s.md)" % task)
-        t.add_argument("--source-id", type=int, default=None,
-                       help=f"source dataset id (default {module.DEFAULT_SOURCE_ID})")
-        t.add_argument("--target-id", type=int, default=None,
-                       help=f"target dataset id (default {module.DEFAULT_TARGET_ID})")
-        module.add_arguments(t)
+    for task, converter in CONVERTERS.items():
+        t = tasks.add_parser(task, help=converter.summary, description=converter.description)
+        converter.add_arguments(t)
         t.set_defaults(func=_convert)
     return parser
 
@@ -228,10 +232,22 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as e:  # our errors name the file and the mismatch
-        print(f"nnunet-sfda {args.command}: error: {e}", file=sys.stderr)
+    except (ValueError, OSError, RuntimeError) as e:  # our errors name the file and the mismatch; OSError its path
+        print(f"nnunet-sfda {args.command}: error: {_error_message(e)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # each command leaves its earlier complete state (prepare-target: see target.py)
+        print(f"nnunet-sfda {args.command}: interrupted", file=sys.stderr)
+        return 130
     return 0
+
+
+def _error_message(error: Exception) -> str:
+    """One line naming what went wrong; an OSError (permission denied, a folder where a file belongs, ...) as
+    'PATH: reason' instead of Python's '[Errno 13] ...'."""
+    if isinstance(error, OSError) and error.filename is not None and error.strerror:
+        paths = f"{error.filename} -> {error.filename2}" if error.filename2 is not None else f"{error.filename}"
+        return f"{paths}: {error.strerror.lower()}"
+    return str(error) or type(error).__name__
 
 
 if __name__ == "__main__":

@@ -200,3 +200,188 @@ class AdaMILoss(nn.Module):
             kl = ratio_kl(ratios.mean(dim=0), prior_t)
         loss = entropy + self.kl_weight * kl
         return AdaMITerms(loss=loss, entropy=entropy, kl=kl, predicted_ratio=ratios.detach().mean(dim=0))
+
+
+# ================================================================ augmentation consistency (DG-TTA) and self-training
+# Appended for issue 12: the two-view consistency objective, the coverage-weighted crop ratio and the confidence-masked
+# pseudo-label loss. Like the rest of this module: pure torch, usable without a trainer.
+
+__all__ += [
+    "ConsistencyTerms",
+    "SelfTrainingTerms",
+    "ConfidentSelfTrainingLoss",
+    "ViewConsistencyLoss",
+    "confident_pseudo_labels",
+    "coverage_weighted_ratio",
+    "view_agreement_dice",
+]
+
+
+def _valid_weights(valid: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    """A (B, 1, *spatial) float mask (or weights) of the voxels that count; all ones where ``valid`` is None."""
+    if valid is None:
+        return torch.ones((like.shape[0], 1) + tuple(like.shape[2:]), dtype=like.dtype, device=like.device)
+    if valid.ndim == like.ndim - 1:
+        valid = valid.unsqueeze(1)
+    if valid.shape[0] != like.shape[0] or valid.shape[1] != 1 or valid.shape[2:] != like.shape[2:]:
+        raise ValueError(f"a voxel mask/weights of shape {tuple(valid.shape)} does not fit predictions "
+                         f"{tuple(like.shape)}: expected (B, 1, *spatial) or (B, *spatial)")
+    return valid.to(device=like.device, dtype=like.dtype)
+
+
+def view_agreement_dice(probs_a: torch.Tensor, probs_b: torch.Tensor, valid: torch.Tensor | None = None
+                        ) -> torch.Tensor:
+    """DG-TTA's soft Dice between two probability maps, per image and class: (B, K, *spatial) x 2 -> (B, K).
+
+    ``dice = 4 * sum(a * b) / sum((a + b) ** 2)`` over the valid voxels (DG-TTA writes it as
+    ``2 * mean(a b) / (mean((a + b)^2) / 2)``). Since ``(a + b)^2 >= 4ab`` voxel by voxel, it is at most 1, with
+    equality exactly when the maps agree on every valid voxel, and it has no smoothing term (DG-TTA: an eps
+    "disturbs the consistency"). A class with nothing in either map (only possible where every voxel is masked)
+    counts as agreeing (dice 1), as in DG-TTA.
+    """
+    if probs_a.shape != probs_b.shape or probs_a.ndim < 3:
+        raise ValueError(f"the two views' probabilities must have one shape (B, K, *spatial), got "
+                         f"{tuple(probs_a.shape)} and {tuple(probs_b.shape)}")
+    a, b = _upcast(probs_a), _upcast(probs_b).to(_compute_dtype(probs_a))
+    mask = _valid_weights(valid, a)
+    a, b = a * mask, b * mask
+    numerator = 4.0 * (a * b).flatten(2).sum(dim=2)
+    denominator = ((a + b) ** 2).flatten(2).sum(dim=2)
+    empty = denominator <= 0
+    return torch.where(empty, torch.ones_like(numerator), numerator / denominator.masked_fill(empty, 1.0))
+
+
+@dataclass
+class ConsistencyTerms:
+    """Result of :class:`ViewConsistencyLoss`.
+
+    ``loss`` (scalar, attached: backpropagate it) is ``1 -`` the mean soft Dice over images and the scored classes.
+    ``dice`` is the detached (K,) per-class soft Dice averaged over the batch (background included, for logging,
+    whether or not it is scored). ``valid_fraction`` is the detached share of voxels both views kept.
+    """
+
+    loss: torch.Tensor
+    dice: torch.Tensor
+    valid_fraction: torch.Tensor
+
+
+class ViewConsistencyLoss(nn.Module):
+    """DG-TTA's consistency objective: ``1 - mean soft Dice`` between two views' softmax probabilities mapped back
+    to one frame (see :func:`view_agreement_dice`), masked by the voxels both views kept.
+
+    Scored classes: the foreground classes 1 .. K-1, each equally, averaged over images (DG-TTA's ``START_CLASS =
+    1``). Why not background: it fills most of a patch, so its Dice is near 1 whatever the foreground does and would
+    only dilute the signal; equal class weights let a small structure count as much as a large one.
+    ``include_background=True`` scores class 0 too.
+    """
+
+    def __init__(self, include_background: bool = False) -> None:
+        super().__init__()
+        self.include_background = bool(include_background)
+
+    def extra_repr(self) -> str:
+        return f"include_background={self.include_background}"
+
+    def forward(self, probs_a: torch.Tensor, probs_b: torch.Tensor, valid: torch.Tensor | None = None
+                ) -> ConsistencyTerms:
+        """``probs_a``, ``probs_b``: (B, K, *spatial) probabilities in a common frame; ``valid``: (B, 1, *spatial)."""
+        if probs_a.ndim < 3 or probs_a.shape[1] < 2:
+            raise ValueError(f"probabilities need shape (B, K >= 2, *spatial), got {tuple(probs_a.shape)}")
+        dice = view_agreement_dice(probs_a, probs_b, valid)  # (B, K)
+        scored = dice if self.include_background else dice[:, 1:]
+        loss = 1.0 - scored.mean()
+        fraction = _valid_weights(valid, _upcast(probs_a)).mean()
+        return ConsistencyTerms(loss=loss, dice=dice.detach().mean(dim=0), valid_fraction=fraction.detach())
+
+
+def coverage_weighted_ratio(logits: torch.Tensor, voxel_weights: torch.Tensor) -> torch.Tensor:
+    """The batch's class ratio with every voxel weighted, pooled: ``sum_b sum_i w p / sum_b sum_i w``; (K,).
+
+    With the weights of :meth:`nnunet_sfda.priors.coverage.CropSampling.crop_weights` (inverse crop coverage) this
+    estimates the cases' ratio over the sampled domain instead of the centre-heavy ratio random crops show; pooling
+    over the batch (rather than normalising each crop) keeps it a ratio estimator whose weights need only average 1
+    over crops. ``voxel_weights``: (B, *spatial) or (B, 1, *spatial), non-negative; all ones gives the plain
+    batch-marginal ratio (``predicted_ratios(logits).mean(0)``).
+    """
+    x = _upcast(logits)
+    p = torch.softmax(x, dim=1)
+    w = _valid_weights(torch.as_tensor(voxel_weights), p)
+    total = w.sum()
+    if not bool(total > 0):
+        raise ValueError("voxel_weights must be non-negative with a positive sum")
+    return (w * p).flatten(2).sum(dim=2).sum(dim=0) / total
+
+
+def confident_pseudo_labels(teacher_logits: torch.Tensor, threshold: float
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The teacher's hard labels and where to trust them: (B, K, *spatial) -> labels (B, *spatial) int64 and
+    confident (B, *spatial) bool, ``max_k softmax >= threshold``.
+
+    Write ``labels[~confident] = ignore_label`` to feed nnU-Net's own Dice+CE with an ignore label instead of
+    :class:`ConfidentSelfTrainingLoss`.
+    """
+    threshold = float(threshold)
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold must be a probability within 0 .. 1, got {threshold}")
+    with torch.no_grad():
+        confidence, labels = torch.softmax(_upcast(teacher_logits), dim=1).max(dim=1)
+    return labels, confidence >= threshold
+
+
+@dataclass
+class SelfTrainingTerms:
+    """Result of :class:`ConfidentSelfTrainingLoss`: ``loss`` (attached) ``= ce + dice``-terms as weighted;
+    ``ce`` and ``dice_loss`` attached; ``confident_fraction`` the detached share of voxels that were supervised."""
+
+    loss: torch.Tensor
+    ce: torch.Tensor
+    dice_loss: torch.Tensor
+    confident_fraction: torch.Tensor
+
+
+class ConfidentSelfTrainingLoss(nn.Module):
+    """Pseudo-label self-training: cross-entropy + soft Dice of the student against the teacher's hard labels,
+    only where the teacher's top probability reaches ``threshold`` (the rest is ignored, as nnU-Net ignores its
+    ignore label).
+
+    The Dice follows nnU-Net's ``MemoryEfficientSoftDiceLoss`` with ``do_bg=False`` and ``batch_dice=True``:
+    ``(2 * intersection + smooth) / (predicted + target + smooth)`` over the batch's confident voxels, mean over the
+    foreground classes, loss ``1 - dice``. CE is the mean over confident voxels. With no confident voxel both terms
+    are 0 (and still attached to the graph).
+    """
+
+    def __init__(self, threshold: float = 0.9, ce_weight: float = 1.0, dice_weight: float = 1.0,
+                 smooth: float = 1e-5) -> None:
+        super().__init__()
+        confident_pseudo_labels(torch.zeros(1, 2, 1), threshold)  # validates the threshold in one place
+        if not (ce_weight >= 0 and dice_weight >= 0 and smooth >= 0):
+            raise ValueError(f"ce_weight, dice_weight and smooth must be non-negative, got {ce_weight}, "
+                             f"{dice_weight}, {smooth}")
+        self.threshold = float(threshold)
+        self.ce_weight, self.dice_weight, self.smooth = float(ce_weight), float(dice_weight), float(smooth)
+
+    def extra_repr(self) -> str:
+        return f"threshold={self.threshold}, ce_weight={self.ce_weight}, dice_weight={self.dice_weight}"
+
+    def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+                valid: torch.Tensor | None = None) -> SelfTrainingTerms:
+        """student/teacher logits (B, K, *spatial) in one frame; ``valid`` (B, 1, *spatial) further restricts."""
+        if student_logits.shape != teacher_logits.shape or student_logits.ndim < 3:
+            raise ValueError(f"student and teacher logits must have one shape (B, K, *spatial), got "
+                             f"{tuple(student_logits.shape)} and {tuple(teacher_logits.shape)}")
+        x = _upcast(student_logits)
+        labels, confident = confident_pseudo_labels(teacher_logits, self.threshold)
+        mask = confident.unsqueeze(1).to(x.dtype) * _valid_weights(valid, x)  # (B, 1, *spatial)
+        count = mask.sum()
+        log_p = torch.log_softmax(x, dim=1)
+        onehot = torch.zeros_like(x).scatter_(1, labels.unsqueeze(1), 1.0)
+        ce = -(onehot * log_p * mask).sum() / count.clamp_min(1.0)
+        p = log_p.exp() * mask
+        axes = [0] + list(range(2, x.ndim))
+        intersection = (p * onehot).sum(dim=axes)[1:]
+        predicted, target = p.sum(dim=axes)[1:], (onehot * mask).sum(dim=axes)[1:]
+        dice = (2 * intersection + self.smooth) / (predicted + target + self.smooth).clamp_min(1e-8)
+        dice_loss = (1.0 - dice.mean()) * (count > 0).to(x.dtype)
+        loss = self.ce_weight * ce + self.dice_weight * dice_loss
+        return SelfTrainingTerms(loss=loss, ce=ce, dice_loss=dice_loss,
+                                 confident_fraction=(count / mask.numel()).detach())

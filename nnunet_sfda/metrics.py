@@ -56,7 +56,8 @@ from typing import Any, Union
 
 import numpy as np
 
-__all__ = ["CaseMetrics", "case_metrics", "evaluate_folder", "summarize", "foreground_labels", "read_label_map"]
+__all__ = ["CaseMetrics", "case_metrics", "dice", "evaluate_folder", "folder_mean_foreground_dice",
+           "foreground_labels", "mean_foreground_dice", "read_label_map", "summarize"]
 
 LabelValue = Union[int, Sequence[int]]
 
@@ -70,7 +71,7 @@ class CaseMetrics:
 
     case: str
     dice: dict[str, float]
-    assd_mm: dict[str, float | None]
+    assd_mm: dict[str, float | None]  # empty when computed without distances
     hd95_mm: dict[str, float | None]
 
     @property
@@ -103,7 +104,8 @@ def _mask(arr: np.ndarray, value: LabelValue) -> np.ndarray:
     return np.isin(arr, value)
 
 
-def _dice(p: np.ndarray, g: np.ndarray) -> float:
+def dice(p: np.ndarray, g: np.ndarray) -> float:
+    """Dice of two boolean masks of one shape; 1.0 when both are empty (see the module docstring)."""
     sp, sg = int(np.count_nonzero(p)), int(np.count_nonzero(g))
     if sp + sg == 0:
         return 1.0  # both empty: see the module docstring
@@ -137,11 +139,12 @@ def _surface_distances(p: np.ndarray, g: np.ndarray, spacing: Sequence[float]) -
 
 
 def case_metrics(pred: np.ndarray, gt: np.ndarray, spacing_mm: Sequence[float], labels: Mapping[str, LabelValue],
-                 case: str = "") -> CaseMetrics:
+                 case: str = "", distances: bool = True) -> CaseMetrics:
     """Dice, ASSD and HD95 (mm) of one predicted label map against its ground truth.
 
     ``pred`` and ``gt`` are integer label maps of the same shape, indexed ``(z, y, x)`` or ``(y, x)``; ``spacing_mm``
     is in the same axis order. See the module docstring for the conventions (empty masks, surfaces, percentiles).
+    ``distances=False`` computes the Dice only (ASSD and HD95 stay empty; MONAI is not imported).
     """
     pred = np.asarray(pred)
     gt = np.asarray(gt)
@@ -162,20 +165,22 @@ def case_metrics(pred: np.ndarray, gt: np.ndarray, spacing_mm: Sequence[float], 
     squeeze = tuple(a for a in range(pred.ndim) if a not in keep)
     spacing_kept = [spacing[a] for a in keep]
 
-    dice: dict[str, float] = {}
+    dices: dict[str, float] = {}
     assd: dict[str, float | None] = {}
     hd95: dict[str, float | None] = {}
     for name, value in foreground_labels(labels).items():
         p = _mask(pred, value)
         g = _mask(gt, value)
-        dice[name] = _dice(p, g)
+        dices[name] = dice(p, g)
+        if not distances:
+            continue
         if p.any() and g.any():
             if squeeze:
                 p, g = p.squeeze(squeeze), g.squeeze(squeeze)
             assd[name], hd95[name] = _surface_distances(p, g, spacing_kept)
         else:
             assd[name] = hd95[name] = None
-    return CaseMetrics(case=case, dice=dice, assd_mm=assd, hd95_mm=hd95)
+    return CaseMetrics(case=case, dice=dices, assd_mm=assd, hd95_mm=hd95)
 
 
 def read_label_map(path: str | Path) -> tuple[np.ndarray, tuple[float, ...]]:
@@ -187,12 +192,13 @@ def read_label_map(path: str | Path) -> tuple[np.ndarray, tuple[float, ...]]:
 
 
 def evaluate_folder(pred_dir: Path, gt_dir: Path, labels: Mapping[str, LabelValue], file_ending: str = ".nii.gz",
-                    cases: Sequence[str] | None = None) -> list[CaseMetrics]:
+                    cases: Sequence[str] | None = None, distances: bool = True) -> list[CaseMetrics]:
     """:func:`case_metrics` for every ``{case}{file_ending}`` in ``gt_dir`` (or for ``cases``), paired by file name.
 
     The spacing is read from the ground-truth image. Raises FileNotFoundError when a prediction (or, for an explicit
     ``cases`` list, a ground truth) is missing, and ValueError when a prediction's shape differs from its ground
-    truth's, or a spacing differs by more than 1e-3 relative, on any axis.
+    truth's, or a spacing differs by more than 1e-3 relative, on any axis. ``distances``: as for
+    :func:`case_metrics`.
     """
     pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
     if not gt_dir.is_dir():
@@ -219,8 +225,25 @@ def evaluate_folder(pred_dir: Path, gt_dir: Path, labels: Mapping[str, LabelValu
                 abs(a - b) > SPACING_RTOL * abs(b) for a, b in zip(pred_spacing, gt_spacing)):
             raise ValueError(f"{pred_file.name}: prediction spacing {pred_spacing} != ground truth spacing "
                              f"{gt_spacing} (mm, z, y, x; relative tolerance {SPACING_RTOL})")
-        results.append(case_metrics(pred, gt, gt_spacing, labels, case=case))
+        results.append(case_metrics(pred, gt, gt_spacing, labels, case=case, distances=distances))
     return results
+
+
+def mean_foreground_dice(metrics: Sequence[CaseMetrics]) -> float | None:
+    """Mean over cases *and* foreground classes of the Dice (both empty = 1.0): the demo's headline number.
+
+    Equal to :func:`summarize`'s ``dice`` (the mean of per-case means) when every case has the same classes.
+    ``None`` without any case or class.
+    """
+    scores = [d for m in metrics for d in m.dice.values()]
+    return float(np.mean(scores)) if scores else None
+
+
+def folder_mean_foreground_dice(pred_dir: Path, gt_dir: Path, labels: Mapping[str, LabelValue],
+                                cases: Sequence[str] | None = None, file_ending: str = ".nii.gz") -> float | None:
+    """:func:`mean_foreground_dice` of the predictions in ``pred_dir`` against ``gt_dir`` (:func:`evaluate_folder`,
+    Dice only)."""
+    return mean_foreground_dice(evaluate_folder(pred_dir, gt_dir, labels, file_ending, cases, distances=False))
 
 
 def _mean_sd(values: Sequence[float]) -> tuple[float | None, float | None]:

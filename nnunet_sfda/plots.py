@@ -1,56 +1,109 @@
-"""Figures of an adaptation run, drawn from the trainer's per-epoch history (``sfda_history.json``)."""
+"""Figures of an adaptation run, drawn from its typed history (:class:`~nnunet_sfda.records.RunHistory`).
+
+:func:`history_series` says what is drawn (one array per curve, tested on its own); :func:`history_figure` draws it.
+"""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
+from nnunet_sfda.records import RunHistory
 
-def plot_sfda_history(history: dict[str, list], labels: Sequence[str], prior: Sequence[float], path: Path) -> Path:
-    """Loss terms, predicted class ratio next to the prior, and (if target labels exist) the monitoring Dice."""
+
+@dataclass(frozen=True)
+class HistorySeries:
+    """One value per epoch for each curve of ``sfda_progress.png``; NaN where an epoch has no value."""
+
+    epochs: np.ndarray
+    train_terms: dict[str, np.ndarray]  # named loss terms of the training steps ("loss", "entropy", "kl", ...)
+    val_loss: np.ndarray  # the label-free validation loss
+    predicted_ratio: dict[str, np.ndarray]  # class -> predicted fraction of the input (training steps)
+    loss_prior: dict[str, np.ndarray]  # class -> the prior the loss compared it with (shrunk for padding)
+    dataset_prior: dict[str, float]  # class -> the prior file's dataset ratio, for reference
+    monitoring_dice: dict[str, np.ndarray]  # foreground class -> monitoring Dice; empty without target labels
+
+
+def history_series(history: RunHistory) -> HistorySeries:
+    epochs = history.epochs
+
+    def column(values) -> np.ndarray:
+        return np.array([np.nan if v is None else float(v) for v in values], dtype=float)
+
+    def per_class(get, labels) -> dict[str, np.ndarray]:
+        return {name: column([(get(e) or {}).get(name) for e in epochs]) for name in labels}
+
+    term_names = list(dict.fromkeys(name for e in epochs for name in e.train.terms))
+    has_dice = any(e.monitoring_dice is not None for e in epochs)
+    return HistorySeries(
+        epochs=np.arange(len(epochs)),
+        train_terms={name: column([e.train.terms.get(name) for e in epochs]) for name in term_names},
+        val_loss=column([e.val.terms.get("loss") if e.val else None for e in epochs]),
+        predicted_ratio=per_class(lambda e: e.train.predicted_ratio, history.labels),
+        loss_prior=per_class(lambda e: e.train.loss_prior, history.labels),
+        dataset_prior=dict(history.dataset_prior),
+        monitoring_dice=per_class(lambda e: e.monitoring_dice, history.labels[1:]) if has_dice else {},
+    )
+
+
+def history_figure(history: RunHistory):
+    """The figure of :func:`plot_sfda_history` (a matplotlib Figure; the caller closes it).
+
+    Panels: the training loss terms (except their sum) and the validation loss; per foreground class the predicted
+    ratio (solid) next to the prior the loss used (dashed) and the dataset prior (dotted, for reference); the
+    monitoring Dice (NaN, so not drawn, where a class was absent from prediction and labels), or a note that the
+    target has no labels.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    s = history_series(history)
     # nnU-Net's progress.png sets seaborn's global font scale 2.5; draw with matplotlib's defaults instead
     with plt.style.context("default"):
-        return _draw(plt, history, labels, prior, Path(path))
-
-
-def _draw(plt, history: dict[str, list], labels: Sequence[str], prior: Sequence[float], path: Path) -> Path:
-    epochs = np.arange(len(history.get("train_loss", [])))
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
-    ax = axes[0]
-    for key, style in (("train_entropy", "-"), ("train_kl", "--"), ("val_loss", ":")):
-        ax.plot(epochs, history.get(key, []), style, label=key.replace("_", " "))
-    ax.set(xlabel="epoch", ylabel="value", title="label-free loss terms")
-    ax.legend()
-
-    ax = axes[1]
-    ratios = np.array(history.get("train_predicted_ratio", []), dtype=float).reshape(len(epochs), -1)
-    for k, name in enumerate(labels):
-        if k == 0 or ratios.shape[1] <= k:  # background dwarfs the rest; its ratio is 1 - the others
-            continue
-        line, = ax.plot(epochs, ratios[:, k], label=f"{name} predicted")
-        ax.axhline(prior[k], color=line.get_color(), ls="--", label=f"{name} prior")
-    ax.set(xlabel="epoch", ylabel="fraction of the input", title="predicted class ratio vs prior")
-    ax.legend()
-
-    ax = axes[2]
-    dice = np.array(history.get("monitoring_dice", []), dtype=float).reshape(len(epochs), -1)
-    if dice.size and not np.all(np.isnan(dice)):
-        for k in range(dice.shape[1]):
-            ax.plot(epochs, dice[:, k], label=labels[k + 1] if k + 1 < len(labels) else f"class {k + 1}")
-        ax.set(ylim=(0, 1))
+        fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+        ax = axes[0]
+        for name, values in s.train_terms.items():
+            if name != "loss":  # the sum of the others
+                ax.plot(s.epochs, values, "-", marker=".", label=f"train {name}")
+        ax.plot(s.epochs, s.val_loss, ":", marker=".", label="val loss")
+        ax.set(xlabel="epoch", ylabel="value", title="label-free loss terms")
         ax.legend()
-        ax.set_title("monitoring Dice (target labels; not used)")
-    else:
-        ax.text(0.5, 0.5, "no target labels:\nno monitoring Dice", ha="center", va="center", transform=ax.transAxes)
-        ax.set_title("monitoring Dice")
-    ax.set(xlabel="epoch")
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
+
+        ax = axes[1]
+        for name in history.labels[1:]:  # background dwarfs the rest; its ratio is 1 - the others
+            line, = ax.plot(s.epochs, s.predicted_ratio[name], "-", marker=".", label=f"{name} predicted")
+            ax.plot(s.epochs, s.loss_prior[name], "--", color=line.get_color(), label=f"{name} prior the loss used")
+            ax.axhline(s.dataset_prior[name], color=line.get_color(), ls=":", lw=1, label=f"{name} dataset prior")
+        ax.set(xlabel="epoch", ylabel="fraction of the input", title="predicted class ratio vs prior")
+        ax.legend(fontsize=8)
+
+        ax = axes[2]
+        if s.monitoring_dice:
+            for name, values in s.monitoring_dice.items():
+                ax.plot(s.epochs, values, "-", marker=".", label=name)
+            ax.set(ylim=(0, 1))
+            ax.legend()
+            ax.set_title("monitoring Dice (target labels, a few random patches; not used)")
+        else:
+            ax.text(0.5, 0.5, "no target labels:\nno monitoring Dice", ha="center", va="center",
+                    transform=ax.transAxes)
+            ax.set_title("monitoring Dice")
+        ax.set(xlabel="epoch")
+        fig.tight_layout()
+    return fig
+
+
+def plot_sfda_history(history: RunHistory, path: Path) -> Path:
+    """Save :func:`history_figure` as PNG."""
+    fig = history_figure(history)
+    import matplotlib.pyplot as plt
+
+    try:
+        with plt.style.context("default"):
+            fig.savefig(path, dpi=80)
+    finally:
+        plt.close(fig)
+    return Path(path)

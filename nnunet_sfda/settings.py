@@ -2,7 +2,11 @@
 
 ``nnUNetv2_train`` takes no extra arguments, so settings a user may want to sweep live here; choices that change what
 is trained (prior mode, entropy-only, ...) are named trainer subclasses instead, because nnU-Net names results
-folders by trainer class. Unset variables leave the trainer's defaults in place.
+folders by trainer class. Unset variables leave the trainer class's defaults (class attributes) in place.
+
+Each trainer class declares which of these it accepts (``accepted_settings``): a variable the class does not accept
+(e.g. ``nnUNet_sfda_kl_weight`` with ``nnUNetTrainerSFDA_entropyOnly``, whose name promises λ = 0), and a
+``nnUNet_sfda_*`` variable that names no setting (a typo), are refused before training, naming the variable.
 
 | variable                             | meaning                                                        |
 |--------------------------------------|----------------------------------------------------------------|
@@ -16,6 +20,8 @@ folders by trainer class. Unset variables leave the trainer's defaults in place.
 """
 from __future__ import annotations
 
+import os
+from collections.abc import Collection
 from pathlib import Path
 
 from pydantic import Field, ValidationError
@@ -36,13 +42,34 @@ class SFDASettings(BaseSettings):
     val_iterations: int | None = Field(default=None, ge=0)
 
 
-def load_settings() -> SFDASettings:
-    """Read the namespace from the environment; a bad value names its variable and what was expected."""
+def load_settings(accepted: Collection[str] | None = None, owner: str = "") -> SFDASettings:
+    """Read the namespace from the environment; a bad value names its variable and what was expected.
+
+    ``accepted`` (field names of :class:`SFDASettings`): the settings ``owner`` (a trainer class name) accepts; a set
+    variable outside them is refused with a message naming the variable and ``owner``. Variables with the prefix
+    that name no setting are always refused (a typo must not silently leave a default in place).
+    """
+    unknown = sorted(name for name in os.environ
+                     if name.startswith(ENV_PREFIX) and name[len(ENV_PREFIX):] not in SFDASettings.model_fields)
+    if unknown:
+        raise ValueError(f"{', '.join(unknown)}: no such nnU-Net SFDA setting; known: "
+                         f"{', '.join(ENV_PREFIX + name for name in SFDASettings.model_fields)}")
     try:
-        return SFDASettings()
+        settings = SFDASettings()
     except ValidationError as e:
         problems = "; ".join(f"{ENV_PREFIX}{err['loc'][0]}: {err['msg']}" for err in e.errors())
         raise ValueError(f"invalid nnU-Net SFDA environment setting: {problems}") from None
+    if accepted is not None:
+        refused = [name for name in SFDASettings.model_fields if name in settings.model_fields_set
+                   and name not in accepted]
+        if refused:
+            variables = ", ".join(f"{ENV_PREFIX}{name}={os.environ[ENV_PREFIX + name]}" for name in refused)
+            allowed = ", ".join(ENV_PREFIX + name for name in SFDASettings.model_fields if name in accepted)
+            one = len(refused) == 1
+            raise ValueError(f"{variables}: {owner} does not accept {'this setting' if one else 'these settings'} "
+                             f"(its class fixes {'it' if one else 'them'}; it accepts {allowed}). "
+                             "Unset the variable, or train the trainer class whose name says what you want")
+    return settings
 
 
 def settings_env(**values: object) -> dict[str, str]:

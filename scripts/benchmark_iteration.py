@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from nnunet_sfda.benchmark.commands import nnunet_env
+
 
 def _sync(device) -> None:
     import torch
@@ -70,9 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, help="override the configuration's batch size (both trainers)")
     args = parser.parse_args(argv)
 
-    if args.demo_dir is not None:
-        for name, sub in (("nnUNet_raw", "nnUNet_raw"), ("nnUNet_preprocessed", "nnUNet_preprocessed")):
-            os.environ[name] = str((args.demo_dir / sub).resolve())
+    if args.demo_dir is not None:  # before nnU-Net is imported: it reads its folders once
+        os.environ.update(nnunet_env(args.demo_dir.resolve()))
     os.environ["nnUNet_results"] = tempfile.mkdtemp(prefix="sfda_bench_")
     os.environ.setdefault("nnUNet_n_proc_DA", "0")
     os.environ.setdefault("nnUNet_compile", "f")

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from nnunet_sfda.benchmark.commands import nnunet_env
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -22,9 +24,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=2, help="3d batch size for the batch-marginal column")
     args = parser.parse_args()
     demo = args.demo_dir.resolve()
-    os.environ.update(nnUNet_raw=str(demo / "nnUNet_raw"), nnUNet_preprocessed=str(demo / "nnUNet_preprocessed"),
-                      nnUNet_results=str(demo / "nnUNet_results"))
-    from nnunet_sfda.estimate import case_geometries
+    os.environ.update(nnunet_env(demo))  # before nnU-Net is imported: it reads its folders once
+    from nnunet_sfda.prepared import case_geometries
     from nnunet_sfda.priors.geometry import patch_prior
 
     target = next(p for p in (demo / "nnUNet_preprocessed").iterdir() if (p / "sfda_target.json").is_file())

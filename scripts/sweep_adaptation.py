@@ -22,15 +22,19 @@ import subprocess
 import sys
 from pathlib import Path
 
+from nnunet_sfda import records
 from nnunet_sfda.benchmark.commands import PREDICT_OPTIONS, console_script, nnunet_env
-from nnunet_sfda.benchmark.demo import CONFIGURATION, mean_foreground_dice
+from nnunet_sfda.benchmark.demo import CONFIGURATION
+from nnunet_sfda.metrics import folder_mean_foreground_dice
+from nnunet_sfda.prepared import prepared_configurations, record_path
+from nnunet_sfda.settings import settings_env
 
 TWIN_ID = 599
 
 
 def _env(demo: Path, extra: dict[str, str]) -> dict[str, str]:
-    return nnunet_env(demo, nnUNet_n_proc_DA="0", nnUNet_sfda_seed="0",
-                      **{f"nnUNet_sfda_{k}": v for k, v in extra.items()})
+    """The demo's nnU-Net folders, seed 0 and a setting's values (validated: an unknown key fails before training)."""
+    return nnunet_env(demo, nnUNet_n_proc_DA="0", **settings_env(**{"seed": 0, **extra}))
 
 
 def _run(cmd: list[str], env: dict[str, str], log: Path) -> None:
@@ -47,7 +51,7 @@ def _labelled_twin(demo: Path, target: str, source_model: Path, prior: Path) -> 
     raw = demo / "nnUNet_raw" / name
     if not raw.exists():
         shutil.copytree(demo / "nnUNet_raw" / target, raw)
-        shutil.copytree(demo / "target_labels_tr", raw / "labelsTr")
+        shutil.copytree(demo / "target_labels_tr", raw / "labelsTr", dirs_exist_ok=True)  # the demo copies them too
         env = _env(demo, {})
         _run(["nnunet-sfda", "prepare-target", "-m", str(source_model), "-d", name, "-c", CONFIGURATION, "-np", "1",
               "--prior", str(prior)], env, demo / "logs" / "sweep_prepare_twin.log")
@@ -64,16 +68,16 @@ def main(argv: list[str] | None = None) -> int:
     demo = args.demo_dir.resolve()
     results = json.loads((demo / "demo_results.json").read_text())
     pre = demo / "nnUNet_preprocessed"
-    target = next(p.name for p in pre.iterdir() if (p / "sfda_target.json").is_file() and "SweepTwin" not in p.name)
-    record = json.loads((pre / target / "sfda_target.json").read_text())["configurations"][CONFIGURATION]
-    twin = _labelled_twin(demo, target, Path(record["model_folder"]), pre / target / "sfda_prior.json")
+    target = next(p.name for p in pre.iterdir() if record_path(p).is_file() and "SweepTwin" not in p.name)
+    record = prepared_configurations(pre / target)[CONFIGURATION]
+    twin = _labelled_twin(demo, target, Path(record.model_folder), pre / target / "sfda_prior.json")
     test_images, test_labels = demo / "target_test" / "images", demo / "target_test" / "labels"
     if args.prepare_only:
         return 0
     if not args.setting:
         parser.error("give at least one --setting")
     cases = results["test_cases"]
-    num_classes = len(json.loads((pre / target / "dataset.json").read_text())["labels"])
+    labels = json.loads((pre / target / "dataset.json").read_text())["labels"]
 
     summary = {"source_only": {"test_dice": results["source_only_dice"]}}
     for spec in args.setting:
@@ -92,14 +96,15 @@ def main(argv: list[str] | None = None) -> int:
         _run(["nnUNetv2_predict", "-i", str(test_images), "-o", str(out / "pred"), "-d", twin, "-c", CONFIGURATION,
               "-f", "all", "-tr", trainer, "-device", args.device, *PREDICT_OPTIONS],
              env, out / "predict.log")
-        history = json.loads((folder / "fold_all" / "sfda_history.json").read_text())
-        shutil.copy(folder / "fold_all" / "sfda_history.json", out)
-        shutil.copy(folder / "fold_all" / "sfda_progress.png", out)
-        its = int(extra.get("iterations_per_epoch", 25))
+        for record in (records.HISTORY_FILE_NAME, records.SETTINGS_FILE_NAME, "sfda_progress.png"):
+            shutil.copy(folder / "fold_all" / record, out)
+        history = records.load_history(out / records.HISTORY_FILE_NAME)
+        settings = records.load_run_settings(out / records.SETTINGS_FILE_NAME)
         summary[name] = {"trainer": trainer, "settings": extra,
-                         "test_dice": mean_foreground_dice(out / "pred", test_labels, cases, num_classes),
-                         "iterations_per_epoch": its,
-                         "monitoring_dice_per_epoch": [d[0] if d else None for d in history["epochs"]["monitoring_dice"]]}
+                         "test_dice": folder_mean_foreground_dice(out / "pred", test_labels, labels, cases),
+                         "iterations_per_epoch": settings.iterations_per_epoch,
+                         "monitoring_dice_per_epoch": [next(iter(e.monitoring_dice.values()), None)
+                                                       if e.monitoring_dice else None for e in history.epochs]}
         print(f"    test Dice {summary[name]['test_dice']:.3f}; monitoring Dice per epoch "
               f"{[round(d, 3) for d in summary[name]['monitoring_dice_per_epoch']]}", flush=True)
     (demo / "sweeps" / "summary.json").write_text(json.dumps(summary, indent=2))

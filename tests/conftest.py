@@ -1,7 +1,6 @@
 """Shared fixtures: one tiny source model trained with the stock nnU-Net commands, reused by the slow tests."""
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -9,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
+from nnunet_sfda.benchmark import commands
 from nnunet_sfda.benchmark.commands import console_script
 
+
 def nnunet_env(root: Path, **extra: str) -> dict[str, str]:
-    """A subprocess environment with only nnU-Net's three folders (under ``root``) and CPU-friendly settings."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("nnUNet")}
-    env.update(nnUNet_raw=str(root / "raw"), nnUNet_preprocessed=str(root / "pre"), nnUNet_results=str(root / "res"),
-               nnUNet_def_n_proc="1", nnUNet_compile="f", **extra)
-    return env
+    """A subprocess environment with only nnU-Net's three folders (``root``/raw, pre, res), no other nnU-Net variable
+    of the caller's, one preprocessing process."""
+    return commands.nnunet_env(root, folders=("raw", "pre", "res"), drop_prefix="nnUNet", processes=1, **extra)
 
 
 def run(cmd: list[str], env: dict[str, str], timeout: int = 900) -> subprocess.CompletedProcess:

@@ -107,7 +107,7 @@ def test_volumes_end_to_end(tmp_path):
 
 def test_volumes_tags_are_read_by_estimate_prior(tmp_path):
     from nnunet_sfda.priors.geometry import CaseGeometry
-    from nnunet_sfda.priors.volumes import parse_tags
+    from nnunet_sfda.priors.tags import parse_tags
 
     src = tmp_path / "src"
     make_mmwhs(src, n=1)
@@ -310,7 +310,7 @@ def test_tfrecord_end_to_end(tmp_path):
 
 def test_tfrecord_pixel_sizes_are_read_by_estimate_prior(tmp_path):
     from nnunet_sfda.priors.geometry import CaseGeometry
-    from nnunet_sfda.priors.volumes import parse_pixel_sizes
+    from nnunet_sfda.priors.pixel_sizes import parse_pixel_sizes
 
     pair = heart.convert(make_slices(tmp_path / "src"), raw=tmp_path / "raw")
     rows = list(csv.DictReader((pair.target_labels / heart.ADAMI_TAGS_CSV).open()))

@@ -174,12 +174,10 @@ def test_cli_style_options(src, raw):
     assert (pair.num_source, pair.num_target) == (3, 2)
 
 
-def test_full_cli(src, raw, capsys, monkeypatch):
-    """``nnunet-sfda convert spine`` through the real parser (only this converter registered, so the test does not
-    depend on the other converters)."""
+def test_full_cli(src, raw, capsys):
+    """``nnunet-sfda convert spine`` through the real parser and the converter registry."""
     from nnunet_sfda import cli
 
-    monkeypatch.setattr(cli, "CONVERTERS", ("spine",))
     rc = cli.main(["convert", "spine", str(src), "--source-id", "831", "--target-id", "832",
                    "--source-subjects", "1-2", "--target-subjects", "3-4", "--target-test-subjects", "5"])
     captured = capsys.readouterr()
@@ -275,7 +273,8 @@ def test_mask_off_the_image_grid_is_refused_naming_both_files(src, raw):
     mask = _volume(_mask_array(16))
     mask.SetOrigin((ORIGIN[0], ORIGIN[1] + 10.0, ORIGIN[2]))
     sitk.WriteImage(mask, str(src / "16" / "16_Labels.nii"))
-    with pytest.raises(ConversionError, match=r"16_Labels\.nii does not lie on the grid of .*16_inn\.nii.*10 mm"):
+    with pytest.raises(ConversionError, match=r"16_Labels\.nii: does not lie on the grid of its image .*16_inn\.nii: "
+                                              r"voxel centres up to 10 mm apart"):
         spine.convert(src)
     assert _nothing_written(raw)
     pair = spine.convert(src, exclude_subjects="16")

@@ -15,6 +15,7 @@ from conftest import nnunet_env, run
 from nnunet_sfda.benchmark.commands import PREDICT_OPTIONS, console_script
 from nnunet_sfda.priors import constant_prior, save_prior
 from nnunet_sfda.prepared import build_network_for
+from nnunet_sfda.records import load_history, load_run_settings
 
 pytestmark = pytest.mark.slow
 
@@ -58,12 +59,14 @@ def test_prepare_adapt_predict(source_model):
     assert "starting from all source weights" in proc.stdout
     assert "mode batch_marginal" in proc.stdout  # a constant prior has no per-slice ratios
     fold = root / "res" / target / "nnUNetTrainerSFDA__nnUNetPlans__2d" / "fold_all"
-    for name in ("checkpoint_final.pth", "progress.png", "sfda_progress.png", "sfda_history.json"):
+    for name in ("checkpoint_final.pth", "progress.png", "sfda_progress.png", "sfda_history.json",
+                 "sfda_settings.json"):
         assert (fold / name).is_file(), name
     assert not (fold / "checkpoint_best.pth").exists()  # nnU-Net would pick it by a label-based pseudo-Dice
-    history = json.loads((fold / "sfda_history.json").read_text())
-    assert len(history["epochs"]["train_entropy"]) == 2
-    assert history["labels"] == ["background", "organ"] and history["prior"] == pytest.approx([0.95, 0.05])
+    history = load_history(fold / "sfda_history.json")
+    assert len(history.epochs) == 2
+    assert history.labels == ["background", "organ"]
+    assert list(history.dataset_prior.values()) == pytest.approx([0.95, 0.05])
 
     source = weights(source_model.model_folder / "fold_all" / "checkpoint_final.pth")
     adapted = weights(fold / "checkpoint_final.pth")
@@ -75,7 +78,8 @@ def test_prepare_adapt_predict(source_model):
     resumed = run(["nnUNetv2_train", target, "2d", "all", "-tr", "nnUNetTrainerSFDA", "-device", "cpu", "--c"],
                   {**nnunet_env(root), **ADAPT_FAST, "nnUNet_sfda_num_epochs": "3"})
     assert "starting from all source weights" not in resumed.stdout
-    assert len(json.loads((fold / "sfda_history.json").read_text())["epochs"]["train_entropy"]) == 3
+    assert len(load_history(fold / "sfda_history.json").epochs) == 3
+    assert load_run_settings(fold / "sfda_settings.json").resumed_at_epochs == [2]
 
     out = root / "predictions"
     run(["nnUNetv2_predict", "-i", str(source_model.test_images), "-o", str(out), "-d", target, "-c", "2d",

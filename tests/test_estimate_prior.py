@@ -13,7 +13,9 @@ import SimpleITK as sitk
 
 from conftest import nnunet_env, run
 from nnunet_sfda.benchmark.commands import console_script
-from nnunet_sfda.priors import load_prior
+from nnunet_sfda.cli import main as sfda_main
+from nnunet_sfda.prepared import case_geometries
+from nnunet_sfda.priors import constant_prior, load_prior, prior_to_json
 
 pytestmark = pytest.mark.slow
 
@@ -177,6 +179,7 @@ def test_loader_reports_the_box_each_patch_came_from(prepared):
     (["--labels", "LABELS", "--structure", "organ=blob"], "it needs --anatomy"),
     (["--anatomy", "TABLE", "--structure", "organ=blob", "--tags", "TAGS"], "case 'nobody' is not a target case"),
     (["--anatomy", "TABLE", "--structure", "organ=blob", "--tags", "missing.csv"], "tags file"),
+    (["--ratios", "0.9", "0.1", "--tags", "TAGS"], "--tags has no effect with --ratios"),
 ])
 def test_estimate_prior_errors(prepared, source_model, tmp_path, args, message):
     name, env, _ = prepared
@@ -216,3 +219,45 @@ def test_label_stats_table_feeds_estimate_prior(prepared, source_model, tmp_path
     assert a.provenance.parameters["volumes_ml"]["organ"] == pytest.approx(np.mean(volumes), rel=1e-5)
     for case in a.per_case:
         assert a.per_case[case]["organ"] == pytest.approx(b.per_case[case]["organ"], rel=1e-5)
+
+
+def _prior_file(path: Path, **entries) -> Path:
+    content = json.loads(prior_to_json(constant_prior(["background", "organ"], [0.9, 0.1])))
+    path.write_text(json.dumps({**content, **entries}))
+    return path
+
+
+def test_install_checks_the_prior_against_the_prepared_cases(prepared, tmp_path, monkeypatch, capsys):
+    name, env, pre = prepared
+    for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        monkeypatch.setenv(key, env[key])
+    installed = pre / "sfda_prior.json"
+    before = installed.read_text() if installed.exists() else None
+    geometry = case_geometries(pre)[0]
+    ratio = {"background": 0.9, "organ": 0.1}
+    outside = _prior_file(tmp_path / "outside.json", per_slice={geometry.case: {"999": ratio}})
+    assert sfda_main(["estimate-prior", "-d", name, "--install", str(outside), "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    last = geometry.shape[0] - 1
+    assert f"per_slice.{geometry.case} names slice 999, but the prepared case has slices 0-{last}" in err
+    assert (installed.read_text() if installed.exists() else None) == before  # nothing installed
+
+    elsewhere = _prior_file(tmp_path / "elsewhere.json", per_case={"other_site_001": ratio})
+    assert sfda_main(["estimate-prior", "-d", name, "--install", str(elsewhere), "--overwrite"]) == 0
+    captured = capsys.readouterr()
+    assert "warning: " in captured.err and "name none of the target's" in captured.err
+    assert f"Installed {elsewhere} as {installed}" in captured.out
+    assert load_prior(installed).per_case == {"other_site_001": ratio}
+
+
+def test_a_folder_as_output_or_install_file_is_one_clear_error(prepared, tmp_path, monkeypatch, capsys):
+    name, env, pre = prepared
+    for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        monkeypatch.setenv(key, env[key])
+    for extra in ([], ["--overwrite"]):
+        assert sfda_main(["estimate-prior", "-d", name, "--ratios", "0.9", "0.1", "-o", str(tmp_path), *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"-o {tmp_path}: is a folder; give a file path" in err
+    assert sfda_main(["estimate-prior", "-d", name, "--install", str(tmp_path), "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--install {tmp_path}: is a folder; give the prior file" in err

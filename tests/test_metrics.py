@@ -8,7 +8,16 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from nnunet_sfda.metrics import CaseMetrics, case_metrics, evaluate_folder, foreground_labels, summarize
+from nnunet_sfda.metrics import (
+    CaseMetrics,
+    case_metrics,
+    dice,
+    evaluate_folder,
+    folder_mean_foreground_dice,
+    foreground_labels,
+    mean_foreground_dice,
+    summarize,
+)
 
 LABELS = {"background": 0, "organ": 1, "lesion": 2, "ignore": 3}
 
@@ -183,6 +192,40 @@ def test_evaluate_folder(tmp_path):
     assert len(evaluate_folder(pred_dir, gt_dir, LABELS)) == 3
     with pytest.raises(FileNotFoundError, match="case_x"):
         evaluate_folder(pred_dir, gt_dir, LABELS, cases=["case_x"])
+
+
+def test_dice_of_two_masks():
+    a = np.zeros((4, 4), bool)
+    b = np.zeros_like(a)
+    assert dice(a, b) == 1.0  # both empty
+    a[0, :] = True  # 4
+    assert dice(a, b) == 0.0
+    b[0, :2] = True  # 2, overlap 2
+    assert dice(a, b) == pytest.approx(2 * 2 / 6)
+
+
+def test_mean_foreground_dice_over_cases_and_classes(tmp_path):
+    """The demo's number: the mean over every (case, class) pair, both-empty classes counting 1.0."""
+    gt_dir, pred_dir = tmp_path / "gt", tmp_path / "pred"
+    gt_dir.mkdir()
+    pred_dir.mkdir()
+    gt = np.zeros((2, 6, 6), np.uint8)
+    gt[0, 0:2, 0:4] = 1  # organ: 8 voxels
+    half = np.zeros_like(gt)
+    half[0, 0:2, 2:6] = 1  # 8 voxels, overlap 4: organ Dice 0.5
+    half[1, 5, 5] = 2  # a lesion only in the prediction: lesion Dice 0
+    for case, pred in (("a", gt), ("b", half)):
+        _write(gt_dir / f"{case}.nii.gz", gt, (1.0, 1.0, 1.0))
+        _write(pred_dir / f"{case}.nii.gz", pred, (1.0, 1.0, 1.0))
+    # a: organ 1, lesion 1 (both empty); b: organ 0.5, lesion 0
+    assert folder_mean_foreground_dice(pred_dir, gt_dir, LABELS) == pytest.approx((1 + 1 + 0.5 + 0) / 4)
+    assert folder_mean_foreground_dice(pred_dir, gt_dir, LABELS, cases=["b"]) == pytest.approx(0.25)
+    dice_only = evaluate_folder(pred_dir, gt_dir, LABELS, distances=False)
+    assert [m.assd_mm for m in dice_only] == [{}, {}] and [m.hd95_mm for m in dice_only] == [{}, {}]
+    assert [m.dice for m in dice_only] == [m.dice for m in evaluate_folder(pred_dir, gt_dir, LABELS)]
+    # with the same classes in every case it equals summarize's mean of per-case means
+    assert mean_foreground_dice(dice_only) == pytest.approx(summarize(dice_only)["dice"])
+    assert mean_foreground_dice([]) is None
 
 
 def test_summarize_two_cases_by_hand():

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from scipy import ndimage
 
 from nnunet_sfda.benchmark import phantom as ph
 from nnunet_sfda.benchmark.phantom import (
@@ -114,8 +115,8 @@ def _contrasts(shifts, seed):
     assert np.array_equal(lab, lab_t), "shifts must never change labels"
     assert np.array_equal(src == 0, tgt == 0), "air must stay exactly air"
     organ = lab == 1
-    near = ph.ndimage.binary_dilation(organ, iterations=3) & (lab == 0)
-    fat = (src > 0) & ~ph.ndimage.binary_erosion(src > 0, np.ones((1, 3, 3)))  # 1-voxel outer rim: fat
+    near = ndimage.binary_dilation(organ, iterations=3) & (lab == 0)
+    fat = (src > 0) & ~ndimage.binary_erosion(src > 0, np.ones((1, 3, 3)))  # 1-voxel outer rim: fat
     return [(np.median(im[organ]) / np.median(im[near]), np.median(im[organ]) / np.median(im[fat]))
             for im in (src, tgt)]
 
@@ -181,7 +182,7 @@ def test_invert_reverses_ordering():
 def test_contrast_full_strength_makes_organ_darker_than_tissue_with_reduced_contrast():
     img, lab = _case(3)
     out = SHIFTS["contrast"](img, lab, np.random.default_rng(0), strength=1.0)
-    near = ph.ndimage.binary_dilation(lab == 1, iterations=3) & (lab == 0)
+    near = ndimage.binary_dilation(lab == 1, iterations=3) & (lab == 0)
     src_c = np.median(img[lab == 1]) - np.median(img[near])
     tgt_c = np.median(out[lab == 1]) - np.median(out[near])
     assert src_c > 0 > tgt_c
@@ -210,7 +211,7 @@ def test_noise_raises_std_in_flat_region(kind):
 def test_blur_lowers_gradient_energy_and_keeps_flat_region():
     img, lab = _case(4)
     out = SHIFTS["blur"](img, lab, np.random.default_rng(0), sigma=1.5)
-    interior = ph.ndimage.binary_erosion(img > 0, iterations=2)  # the body/air edge stays sharp by design
+    interior = ndimage.binary_erosion(img > 0, iterations=2)  # the body/air edge stays sharp by design
     assert _grad_energy(out, interior) < 0.5 * _grad_energy(img, interior)
     flat, flab = _flat_phantom()
     fout = SHIFTS["blur"](flat, flab, np.random.default_rng(0), sigma=2.0)
@@ -532,8 +533,8 @@ def test_t1_contrast_family_is_moderate():
     for seed in range(8):
         src, lab = make_case(case_rng(seed, 0), PhantomSpec())
         tgt, _ = make_case(case_rng(seed, 0), PhantomSpec(), **fam.as_kwargs())
-        near = ph.ndimage.binary_dilation(lab == 1, iterations=3) & (lab == 0)
-        fat = (src > 0) & ~ph.ndimage.binary_erosion(src > 0, np.ones((1, 3, 3)))
+        near = ndimage.binary_dilation(lab == 1, iterations=3) & (lab == 0)
+        fat = (src > 0) & ~ndimage.binary_erosion(src > 0, np.ones((1, 3, 3)))
         ratios_src.append(np.median(src[lab == 1]) / np.median(src[near]))
         ratios_tgt.append(np.median(tgt[lab == 1]) / np.median(tgt[near]))
         fat_over_organ.append(np.median(tgt[fat]) / np.median(tgt[lab == 1]))

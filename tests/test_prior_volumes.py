@@ -1,4 +1,5 @@
-"""Tests for the geometry-aware prior estimators: nnunet_sfda.priors.geometry and nnunet_sfda.priors.volumes."""
+"""Tests for the geometry-aware prior estimators (nnunet_sfda.priors: geometry, structure volumes, tags, label
+statistics, pixel sizes, true sizes)."""
 
 from __future__ import annotations
 
@@ -12,18 +13,12 @@ import pytest
 from nnunet_sfda.priors import ClassRatioPrior, PriorError, load_prior, save_prior
 from nnunet_sfda.priors.anatomy import StructureVolume, parse_table
 from nnunet_sfda.priors.geometry import CaseGeometry, patch_prior
-from nnunet_sfda.priors.volumes import (
-    PriorWarning,
-    ellipsoid_slice_volumes,
-    label_statistics,
-    label_statistics_table,
-    parse_pixel_sizes,
-    parse_slice_ranges,
-    parse_tags,
-    pixel_prior,
-    true_size_prior,
-    volume_prior,
-)
+from nnunet_sfda.priors.common import PriorWarning
+from nnunet_sfda.priors.label_statistics import label_statistics, label_statistics_table
+from nnunet_sfda.priors.pixel_sizes import parse_pixel_sizes, pixel_prior
+from nnunet_sfda.priors.structure_volumes import ellipsoid_slice_volumes, volume_prior
+from nnunet_sfda.priors.tags import parse_slice_ranges, parse_tags
+from nnunet_sfda.priors.true_size import true_size_prior
 
 LABELS = ["background", "organ", "tumor"]
 VALUES = {"background": 0, "organ": 1, "tumor": 2}
@@ -78,6 +73,14 @@ def test_frame_slice_refuses_transposed_slice_axis():
     assert g.raw_slice_axis == 1
     with pytest.raises(ValueError, match=r"case case_7: .*raw axis 1 \(transpose_forward \[1, 0, 2\]\)"):
         g.frame_slice(0)
+
+
+def test_frame_array_transposes_then_crops():
+    raw = np.arange(4 * 6 * 5).reshape(4, 6, 5)  # raw (z, y, x); frame axes = raw axes (1, 0, 2)
+    g = _geom("c", (3, 2, 4), crop_lower=(1, 2, 0), transpose=(1, 0, 2), raw_shape=(4, 6, 5))
+    np.testing.assert_array_equal(g.frame_array(raw, "c.nii.gz"), raw.transpose(1, 0, 2)[1:4, 2:4, 0:4])
+    with pytest.raises(ValueError, match=r"c\.nii\.gz: shape \(4, 6, 4\) differs from its image's \(4, 6, 5\)"):
+        g.frame_array(raw[..., :4], "c.nii.gz")
 
 
 def test_patch_prior_inside_is_unchanged():

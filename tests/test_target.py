@@ -2,15 +2,21 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
+import SimpleITK as sitk
 
+from nnunet_sfda import target
+from nnunet_sfda.benchmark.commands import console_script
 from nnunet_sfda.cli import main as cli
 from nnunet_sfda.priors import constant_prior, save_prior
-from nnunet_sfda.prepared import TargetError, read_source_checkpoint
+from nnunet_sfda.prepared import TargetError, file_sha256, read_source_checkpoint
 from nnunet_sfda.target import prepare_target
 
 pytestmark = pytest.mark.slow  # uses the session's trained source model
@@ -49,6 +55,8 @@ def test_writes_target_plans_data_and_record(site):
     record = read_source_checkpoint(pre, "2d")
     assert record.fold == "all" and Path(record.checkpoint) == (model / "fold_all" / "checkpoint_final.pth").resolve()
     assert not record.has_monitoring_labels and record.num_cases == 4
+    assert record.checkpoint_sha256 == file_sha256(record.checkpoint)
+    assert list(record.cases) == sorted(p.name[: -len("_0000.nii.gz")] for p in (raw / "imagesTr").iterdir())
     assert (pre / "dataset_fingerprint.json").is_file()
 
 
@@ -63,15 +71,149 @@ def test_refuses_existing_configuration_and_overwrite_keeps_prior(site):
     assert json.loads(prepared.prior_file.read_text())["dataset_ratio"]["organ"] == pytest.approx(0.1)
 
 
-def test_accepts_the_export_zip(site, source_model, tmp_path):
-    model, _, pre = site
-    archive = tmp_path / "export.zip"
-    with zipfile.ZipFile(archive, "w") as z:  # the layout nnUNetv2_export_model_to_zip writes
+def export_zip(model: Path, archive: Path) -> Path:
+    with zipfile.ZipFile(archive, "w") as z:  # the layout nnUNetv2_export_model_to_zip writes (stored: see below)
         for f in model.rglob("*"):
             if f.is_file():
                 z.write(f, f.relative_to(model.parent.parent))
-    prepared = prepare_target(archive, 602, "2d", num_processes=1)
-    assert Path(prepared.source.checkpoint).is_relative_to(pre / "sfda_source_model")
+    return archive
+
+
+def damage_member(archive: Path, member_suffix: str) -> None:
+    """Flip one byte inside a stored member, as a bad copy does: the zip still opens, the member fails its CRC."""
+    with zipfile.ZipFile(archive) as z:
+        info = next(i for i in z.infolist() if i.filename.endswith(member_suffix))
+    content = bytearray(archive.read_bytes())
+    header = info.header_offset  # local header: 30 bytes, then the name and the extra field, then the data
+    start = header + 30 + int.from_bytes(content[header + 26: header + 28], "little") \
+        + int.from_bytes(content[header + 28: header + 30], "little")
+    content[start + info.file_size // 2] ^= 0xFF
+    archive.write_bytes(bytes(content))
+
+
+def test_each_zip_gets_its_own_folder_and_a_failed_one_changes_nothing(site, tmp_path):
+    model, _, pre = site
+    first = export_zip(model, tmp_path / "first.zip")
+    prepared = prepare_target(first, 602, "2d", num_processes=1)
+    assert Path(prepared.source.checkpoint).is_relative_to(pre / "sfda_source_model" / file_sha256(first)[:16])
+    unpacked = {p: p.read_bytes() for p in (pre / "sfda_source_model").rglob("*") if p.is_file()}
+    record = (pre / "sfda_target.json").read_bytes()
+
+    damaged = export_zip(model, tmp_path / "damaged.zip")
+    damage_member(damaged, "checkpoint_final.pth")
+    with pytest.raises(TargetError, match=r"damaged\.zip: member '.*checkpoint_final\.pth' fails its CRC check"):
+        prepare_target(damaged, 602, "2d", num_processes=1, overwrite=True)
+    other = export_zip(model.parent / model.name.replace("__2d", "__3d_fullres"), tmp_path / "other.zip")
+    with pytest.raises(TargetError, match=r"no model for configuration '2d' \(found: 3d_fullres\)"):
+        prepare_target(other, 602, "2d", num_processes=1, overwrite=True)  # the wrong model for -c 2d
+
+    assert {p: p.read_bytes() for p in unpacked} == unpacked and (pre / "sfda_target.json").read_bytes() == record
+    assert not (pre / "sfda_source_model" / file_sha256(damaged)[:16]).exists()
+    assert not [p for p in (pre / "sfda_source_model").iterdir() if p.name.startswith(".sfda-")]
+    assert read_source_checkpoint(pre, "2d") == prepared.source  # the trainer still finds its recorded weights
+    assert prepare_target(first, 602, "2d", num_processes=1, overwrite=True).source == prepared.source  # reused
+
+
+def test_interrupted_overwrite_keeps_the_earlier_data_and_record(site, monkeypatch):
+    model, _, pre = site
+    prepare_target(model, 602, "2d", num_processes=1)
+    data = pre / "nnUNetPlans_2d"
+    before = {p.name: p.read_bytes() for p in data.iterdir()}
+    record = (pre / "sfda_target.json").read_bytes()
+    preprocess, done = target._preprocess_case, []
+
+    def ctrl_c_after_one_case(job):
+        if done:
+            raise KeyboardInterrupt
+        preprocess(job)
+        done.append(job.case)
+
+    monkeypatch.setattr(target, "_preprocess_case", ctrl_c_after_one_case)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_target(model, 602, "2d", num_processes=1, overwrite=True)
+    assert done and {p.name: p.read_bytes() for p in data.iterdir()} == before
+    assert (pre / "sfda_target.json").read_bytes() == record
+    assert read_source_checkpoint(pre, "2d").num_cases == 4
+    assert not [p.name for p in pre.iterdir() if p.name.startswith(".sfda-")]
+
+
+def test_model_folder_with_another_name_and_skipped_files(site, tmp_path, capsys):
+    model, raw, pre = site
+    renamed = tmp_path / "my source model"  # what a user names a folder they were sent
+    shutil.copytree(model, renamed)
+    (raw / "imagesTr" / "notes.txt").write_text("scanner protocol")
+    shutil.copyfile(next((raw / "imagesTr").iterdir()), raw / "imagesTr" / "extra_0000.nrrd")
+    assert cli(["prepare-target", "-m", str(renamed), "-d", "602", "-c", "2d", "-np", "1"]) == 0
+    err = capsys.readouterr().err
+    assert f"warning: skipped 2 entries of {raw / 'imagesTr'} not named CASE_XXXX.nii.gz" in err, err
+    assert "extra_0000.nrrd, notes.txt" in err
+    assert read_source_checkpoint(pre, "2d").model_folder == str(renamed.resolve())
+
+
+def image_file(raw: Path, index: int = 0) -> Path:
+    return sorted((raw / "imagesTr").iterdir())[index]
+
+
+def write_like(path: Path, array: np.ndarray) -> None:
+    image = sitk.ReadImage(str(path))
+    new = sitk.GetImageFromArray(array)
+    new.CopyInformation(image)
+    sitk.WriteImage(new, str(path))
+
+
+def test_cli_refuses_a_nan_image_naming_case_and_file(site):
+    model, raw, pre = site
+    bad = image_file(raw, 1)
+    voxels = sitk.GetArrayFromImage(sitk.ReadImage(str(bad))).astype(np.float32)
+    voxels[2, 10, 10] = np.nan
+    write_like(bad, voxels)
+    proc = subprocess.run([console_script("nnunet-sfda"), "prepare-target", "-m", str(model), "-d", "602", "-c",
+                           "2d", "-np", "1"], env={**os.environ, "nnUNet_def_n_proc": "1"}, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    case = bad.name[: -len("_0000.nii.gz")]
+    assert proc.stderr.strip().splitlines()[-1].startswith(
+        f"nnunet-sfda prepare-target: error: {bad}: case '{case}' has 1 non-finite voxel(s) (NaN or Inf)")
+    assert not (pre / "nnUNetPlans_2d").exists() and not (pre / "sfda_target.json").exists()
+
+
+def truncate(path: Path) -> None:
+    content = path.read_bytes()
+    path.write_bytes(content[: len(content) // 2])
+
+
+def make_2d(path: Path) -> None:
+    image = sitk.ReadImage(str(path))
+    sitk.WriteImage(image[:, :, 0], str(path))
+
+
+@pytest.mark.parametrize("damage, message", [
+    (truncate, r"truncated or damaged"),
+    (make_2d, r"a 2D image, but the source model was trained on 3D images"),
+])
+def test_refuses_a_damaged_image_naming_the_file(site, damage, message):
+    model, raw, pre = site
+    bad = image_file(raw)
+    damage(bad)
+    with pytest.raises(TargetError, match=rf"^{bad}: {message}"):
+        prepare_target(model, 602, "2d", num_processes=1)
+    assert not (pre / "nnUNetPlans_2d").exists()
+
+
+def test_prior_option_checks_the_prior_against_the_prepared_cases(site, tmp_path):
+    model, raw, pre = site
+    case = image_file(raw).name[: -len("_0000.nii.gz")]
+    prior = save_prior(constant_prior(["background", "organ"], [0.9, 0.1]), tmp_path / "prior.json")
+    edit_json(prior, lambda p: p.update(per_slice={case: {"999": {"background": 0.9, "organ": 0.1}}}))
+    with pytest.raises(TargetError, match=rf"prior\.json: per_slice\.{case} names slice 999, but the prepared case "
+                                          r"has slices 0-5"):
+        prepare_target(model, 602, "2d", num_processes=1, prior_file=prior)
+    assert not (pre / "nnUNetPlans_2d").exists() and not (pre / "sfda_prior.json").exists()
+
+    edit_json(prior, lambda p: p.update(per_slice=None, per_case={"other_case": {"background": 0.9, "organ": 0.1}}))
+    prepared = prepare_target(model, 602, "2d", num_processes=1, prior_file=prior)
+    assert prepared.prior_file == pre / "sfda_prior.json"
+    assert any("name none of the target's 4 cases" in w for w in prepared.warnings), prepared.warnings
 
 
 @pytest.mark.parametrize("damage, message", [
@@ -82,6 +224,7 @@ def test_accepts_the_export_zip(site, source_model, tmp_path):
      r"checkpoint_final\.pth does not match the network of .*plans\.json"),
     (lambda m: edit_json(m / "dataset.json", lambda d: d.update(labels={"background": 0, "organ": [1]})),
      r"region-based label sets"),
+    (lambda m: edit_json(m / "plans.json", lambda p: p.pop("plans_name")), r"plans\.json: no 'plans_name' entry"),
 ])
 def test_rejects_broken_model_folders(site, tmp_path, damage, message):
     model = model_copy(site[0], tmp_path)
@@ -144,3 +287,16 @@ def test_prior_commands_and_their_errors(site, tmp_path, capsys):
     good = save_prior(constant_prior(["background", "organ"], [0.8, 0.2]), tmp_path / "good.json")
     assert cli(["estimate-prior", "-d", "602", "--install", str(good), "--overwrite"]) == 0
     assert json.loads((pre / "sfda_prior.json").read_text())["dataset_ratio"]["organ"] == pytest.approx(0.2)
+
+
+def test_version_1_record_is_replaced_only_with_overwrite(site):
+    model, _, pre = site
+    prepare_target(model, 602, "2d", num_processes=1)
+    entry = json.loads((pre / "sfda_target.json").read_text())["configurations"]["2d"]
+    v1 = {k: v for k, v in entry.items() if k not in ("checkpoint_sha256", "cases")} | {"num_cases": 4}
+    (pre / "sfda_target.json").write_text(json.dumps({"format_version": 1, "configurations": {"2d": v1}}))
+    with pytest.raises(TargetError, match=r"format_version 1 .*--overwrite"):
+        prepare_target(model, 602, "2d", num_processes=1)
+    prepared = prepare_target(model, 602, "2d", num_processes=1, overwrite=True)
+    assert any("an older or invalid record" in w for w in prepared.warnings), prepared.warnings
+    assert read_source_checkpoint(pre, "2d").checkpoint_sha256 == file_sha256(prepared.source.checkpoint)

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 
@@ -14,11 +15,23 @@ def console_script(name: str) -> str:
     return str(candidate) if candidate.exists() else name
 
 
-def nnunet_env(work: Path, **extra: str) -> dict[str, str]:
-    """The environment with nnU-Net's three folders inside ``work`` and no ``nnUNet_sfda_*`` of the caller's."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("nnUNet_sfda_")}
-    env.update(nnUNet_raw=str(work / "nnUNet_raw"), nnUNet_preprocessed=str(work / "nnUNet_preprocessed"),
-               nnUNet_results=str(work / "nnUNet_results"), nnUNet_def_n_proc=env.get("nnUNet_def_n_proc", "2"),
+#: the names of nnU-Net's three folders inside a working folder, as the demo and the benchmark lay them out
+NNUNET_FOLDERS: tuple[str, str, str] = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
+
+
+def nnunet_env(work: Path, *, folders: Sequence[str] = NNUNET_FOLDERS, drop_prefix: str = "nnUNet_sfda_",
+               processes: int | None = None, **extra: str) -> dict[str, str]:
+    """The caller's environment for a stock nnU-Net command with nnU-Net's three folders inside ``work``.
+
+    ``folders`` names the raw, preprocessed and results folders; variables starting with ``drop_prefix`` are left
+    out (default: every ``nnUNet_sfda_*`` of the caller's, so a user's own settings never leak into a run; tests pass
+    ``"nnUNet"`` to leave out all of nnU-Net's). ``nnUNet_def_n_proc`` is ``processes``, else the caller's, else 2;
+    ``torch.compile`` is off (``nnUNet_compile=f``) unless the caller set it. ``extra`` is added last.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith(drop_prefix)}
+    raw, preprocessed, results = (str(Path(work) / name) for name in folders)
+    env.update(nnUNet_raw=raw, nnUNet_preprocessed=preprocessed, nnUNet_results=results,
+               nnUNet_def_n_proc=str(processes) if processes is not None else env.get("nnUNet_def_n_proc", "2"),
                nnUNet_compile=env.get("nnUNet_compile", "f"), **extra)
     return env
 

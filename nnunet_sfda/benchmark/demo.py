@@ -1,23 +1,33 @@
 """The built-in demo: a labelled source domain, a shifted unlabelled target, source training, adaptation, Dice.
 
 Everything runs through the stock nnU-Net commands and ``nnunet-sfda`` as a user would type them, with nnU-Net's
-three folders inside the demo's working folder, so the user's own datasets are never touched.
+three folders inside the demo's working folder, so the user's own datasets are never touched. The working folder is
+marked as the demo's when it is made; ``--overwrite`` replaces only such a folder
+(:mod:`~nnunet_sfda.benchmark.output_folder`).
+
+The target's training labels are copied into its ``labelsTr`` before preparation, as the benchmark does, so the
+adaptation curves show a monitoring Dice; the trainer never trains on them (``tests/test_end_to_end.py`` checks that
+adapted weights are bit-identical with and without them). The held-out test cases stay outside every nnU-Net folder.
 """
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from nnunet_sfda.benchmark.commands import PREDICT_OPTIONS, StepRunner, nnunet_env
-from nnunet_sfda.benchmark.phantom import DemoLayout, make_demo_datasets
+from nnunet_sfda.benchmark.methods import SOURCE_TRAINER
+from nnunet_sfda.benchmark.output_folder import claim_output_folder
+from nnunet_sfda.benchmark.phantom import SHIFT_FAMILIES, DemoLayout, make_demo_datasets
+from nnunet_sfda.files import atomic_write_json, read_json
+from nnunet_sfda.metrics import folder_mean_foreground_dice
+from nnunet_sfda.settings import settings_env
 
-SOURCE_TRAINER = "nnUNetTrainer_sfdaShort"
 CONFIGURATION = "2d"
+#: the demo's target domain (frozen: the demo's numbers are measured on it)
+SHIFT_FAMILY = "default"
+RESULTS_FILE_NAME = "demo_results.json"
 
 
 @dataclass(frozen=True)
@@ -28,50 +38,29 @@ class DemoResult:
     results_file: Path
 
 
-def mean_foreground_dice(pred_dir: Path, label_dir: Path, case_ids: list[str], num_classes: int,
-                         file_ending: str = ".nii.gz") -> float:
-    """Mean over cases and foreground classes of the Dice between predictions and labels (both label maps)."""
-    import SimpleITK as sitk
-
-    scores = []
-    for case in case_ids:
-        pred = sitk.GetArrayFromImage(sitk.ReadImage(str(pred_dir / f"{case}{file_ending}")))
-        gt = sitk.GetArrayFromImage(sitk.ReadImage(str(label_dir / f"{case}{file_ending}")))
-        for k in range(1, num_classes):
-            p, g = pred == k, gt == k
-            denom = p.sum() + g.sum()
-            scores.append(1.0 if denom == 0 else 2.0 * np.logical_and(p, g).sum() / denom)
-    return float(np.mean(scores))
-
-
-#: how the demo's prior is shaped (the source labels' volume statistics carry no slice positions)
-DEMO_PRIOR_OPTIONS: tuple[str, ...] = ()
-
-
-def _describe(shifts) -> str:
-    return ", ".join(s if isinstance(s, str) else f"{s[0]} {s[1]}" for s in shifts)
-
-
 def run_demo(work: Path, overwrite: bool = False, device: str = "cpu", seed: int = 0) -> DemoResult:
+    """Run the demo in ``work`` (new, empty, or an earlier demo's folder with ``overwrite``); print and return the
+    mean foreground Dice before and after adaptation."""
     work = Path(work).resolve()
-    if work.exists() and any(work.iterdir()):
-        if not overwrite:
-            raise FileExistsError(f"{work} exists and is not empty; pass --overwrite to replace it or choose -o")
-        shutil.rmtree(work)
-    work.mkdir(parents=True, exist_ok=True)
+    replaced = claim_output_folder(work, "demo", overwrite=overwrite, legacy_file=RESULTS_FILE_NAME)
     raw, res = work / "nnUNet_raw", work / "nnUNet_results"
     env = nnunet_env(work)
-    train_env = {"nnUNet_n_proc_DA": env.get("nnUNet_n_proc_DA", "0"), "nnUNet_sfda_seed": str(seed)}
+    train_env = {"nnUNet_n_proc_DA": env.get("nnUNet_n_proc_DA", "0"), **settings_env(seed=seed)}
     # 150 supervised iterations reach a pseudo-Dice above 0.99 on the source phantom
-    source_env = {**train_env, "nnUNet_sfda_num_epochs": "3", "nnUNet_sfda_iterations_per_epoch": "50"}
+    source_env = {**train_env, **settings_env(num_epochs=3, iterations_per_epoch=50)}
+    family = SHIFT_FAMILIES[SHIFT_FAMILY]
 
-    print(f"nnunet-sfda demo in {work}", flush=True)
-    layout: DemoLayout = make_demo_datasets(raw, work, seed=seed)
+    print(f"nnunet-sfda demo in {work}" + (" (replacing the earlier demo run there)" if replaced else ""), flush=True)
+    layout: DemoLayout = make_demo_datasets(raw, work, seed=seed, **family.as_kwargs())
     print(f"      generated {len(layout.source_case_ids)} labelled source cases, {len(layout.target_case_ids)} "
-          f"unlabelled target cases and {len(layout.target_test_case_ids)} target test cases "
-          f"(shift: {_describe(layout.shifts)})", flush=True)
+          f"unlabelled target cases and {len(layout.target_test_case_ids)} target test cases", flush=True)
+    print(f"      shift {family.name}: {family.description}", flush=True)
+    # monitoring labels only: the adaptation curves show a Dice, the trainer never trains on them
+    shutil.copytree(layout.target_labels_tr, layout.target_dir / "labelsTr")
+    print(f"      copied the target training labels into {layout.target_dir.name}/labelsTr: adaptation only logs a "
+          "monitoring Dice with them", flush=True)
     src, tgt = str(layout.source_dataset_id), str(layout.target_dataset_id)
-    num_classes = len(json.loads((layout.source_dir / "dataset.json").read_text())["labels"])
+    labels = read_json(layout.source_dir / "dataset.json", "the demo source's dataset.json")["labels"]
     runner = StepRunner(work, env, total_steps=7)
 
     runner.run("planning and preprocessing the source dataset",
@@ -89,9 +78,9 @@ def run_demo(work: Path, overwrite: bool = False, device: str = "cpu", seed: int
                ["nnunet-sfda", "prepare-target", "-m", str(model_folder), "-d", tgt, "-c", CONFIGURATION,
                 "-np", "1"], "prepare_target")
     runner.run("estimate-prior: organ volumes of the source labels, applied to each target image",
-               ["nnunet-sfda", "estimate-prior", "-d", tgt, "--labels",
-                str(layout.source_dir / "labelsTr"), *DEMO_PRIOR_OPTIONS], "estimate_prior")
-    runner.run("adapting with nnUNetTrainerSFDA (no source data, no target labels)",
+               ["nnunet-sfda", "estimate-prior", "-d", tgt, "--labels", str(layout.source_dir / "labelsTr")],
+               "estimate_prior")
+    runner.run("adapting with nnUNetTrainerSFDA (no source data; target labels only for the monitoring Dice)",
                ["nnUNetv2_train", tgt, CONFIGURATION, "all", "-tr", "nnUNetTrainerSFDA", "-device", device],
                "adapt", train_env)
     runner.run("adapted prediction on the target test cases",
@@ -100,12 +89,12 @@ def run_demo(work: Path, overwrite: bool = False, device: str = "cpu", seed: int
                 *PREDICT_OPTIONS], "predict_adapted")
 
     cases = layout.target_test_case_ids
-    before = mean_foreground_dice(preds / "source_only", layout.target_test_labels, cases, num_classes)
-    after = mean_foreground_dice(preds / "adapted", layout.target_test_labels, cases, num_classes)
+    before = folder_mean_foreground_dice(preds / "source_only", layout.target_test_labels, labels, cases)
+    after = folder_mean_foreground_dice(preds / "adapted", layout.target_test_labels, labels, cases)
     seconds = time.monotonic() - runner.start
-    results_file = work / "demo_results.json"
-    results_file.write_text(json.dumps({"source_only_dice": before, "adapted_dice": after, "seconds": seconds,
-                                        "test_cases": cases, "shift": list(layout.shifts)}, indent=2))
+    results_file = atomic_write_json(work / RESULTS_FILE_NAME, {
+        "source_only_dice": before, "adapted_dice": after, "seconds": seconds, "test_cases": cases,
+        "shift_family": family.name, "shift": list(layout.shifts)})
     print(f"\nMean foreground Dice on {len(cases)} held-out target test cases:")
     print(f"  source only : {before:.3f}")
     print(f"  adapted     : {after:.3f}   ({after - before:+.3f})")

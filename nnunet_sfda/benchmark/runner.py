@@ -19,28 +19,33 @@ The estimated prior is the source labels' structure volumes applied to each targ
 --labels``): numbers a source site can ship. The mode of ``adami`` equals one of the two explicit modes; that one is
 not run twice (its entry says ``same_run_as``).
 
+Methods and their order are :data:`nnunet_sfda.benchmark.methods.METHODS`.
+
 Adaptation runs on a copy of the target whose ``labelsTr`` holds the training labels, so the curves can show a
 monitoring Dice; the trainer never reads labels for training (``tests/test_end_to_end.py`` checks that adapted
 weights are bit-identical with and without them). The oracle trains on the same copy.
 
-All nnU-Net folders live inside the output folder. Each finished method writes ``runs/<shift>/<method>/method.json``;
-``--resume`` skips what is finished.
+All nnU-Net folders live inside the output folder, which the benchmark marks as its own when it creates it
+(:mod:`~nnunet_sfda.benchmark.output_folder`): ``--overwrite`` and ``--resume`` act only on such a folder. Each
+finished method writes ``runs/<shift>/<method>/method.json``; ``--resume`` skips what is finished.
 """
 from __future__ import annotations
 
-import json
 import os
 import platform
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
 import SimpleITK as sitk
 
+from nnunet_sfda import records
+from nnunet_sfda.benchmark import figures, tables
 from nnunet_sfda.benchmark.commands import PREDICT_OPTIONS, StepRunner, nnunet_env
-from nnunet_sfda.metrics import evaluate_folder, summarize
+from nnunet_sfda.benchmark.methods import METHODS, SOURCE_TRAINER, Method, parse_methods
+from nnunet_sfda.benchmark.output_folder import claim_output_folder
 from nnunet_sfda.benchmark.phantom import (
     SHIFT_FAMILIES,
     PhantomSpec,
@@ -48,32 +53,18 @@ from nnunet_sfda.benchmark.phantom import (
     write_cases,
     write_dataset,
 )
+from nnunet_sfda.files import atomic_write_json, read_json
+from nnunet_sfda.metrics import evaluate_folder, read_label_map, summarize
+from nnunet_sfda.prepared import RECORD_FILE_NAME
+from nnunet_sfda.priors import PRIOR_FILE_NAME
+from nnunet_sfda.settings import settings_env
+from nnunet_sfda.target_prior import TRUE_SIZE_PRIOR_FILE_NAME
 
-SOURCE_TRAINER = "nnUNetTrainer_sfdaShort"
+#: the run's arguments, written when the folder is made and read back by --resume
+CONFIG_FILE_NAME = "benchmark.json"
 SOURCE_ID = 701
 FIRST_TARGET_ID = 710
 GAP_MIN = 0.01  # gap_closure is null where oracle − source_only is smaller than this
-
-
-@dataclass(frozen=True)
-class Method:
-    name: str
-    trainer: str | None  # None: no training (source_only)
-    description: str
-    prior: str = "estimate"  # estimate | true_size | none
-
-
-METHODS: dict[str, Method] = {m.name: m for m in (
-    Method("source_only", None, "the source model applied as is", prior="none"),
-    Method("entropy_only", "nnUNetTrainerSFDA_entropyOnly", "entropy alone (λ = 0)"),
-    Method("tent", "nnUNetTrainerSFDA_tent", "entropy on the normalisation layers' affine parameters"),
-    Method("adami", "nnUNetTrainerSFDA", "AdaMI, default mode, estimated prior"),
-    Method("adami_per_sample", "nnUNetTrainerSFDA_perSample", "AdaMI, per-sample prior"),
-    Method("adami_batch_marginal", "nnUNetTrainerSFDA_batchMarginal", "AdaMI, batch-marginal prior"),
-    Method("adami_true_size", "nnUNetTrainerSFDA_trueSize", "AdaMI with the true target ratios (upper bound)",
-           prior="true_size"),
-    Method("oracle", SOURCE_TRAINER, "supervised on the labelled target training cases (upper bound)", prior="none"),
-)}
 
 
 @dataclass(frozen=True)
@@ -111,33 +102,6 @@ class BenchmarkConfig:
     methods: list[str]
     device: str = "cpu"
     seed: int = 0
-    source_env: dict[str, str] = field(default_factory=dict)
-
-
-def parse_methods(text: str | None) -> list[str]:
-    """``"adami,oracle"`` → the methods in canonical order; None → all. Unknown names list the known ones."""
-    if text is None or text == "all":
-        return list(METHODS)
-    wanted = [m.strip() for m in text.split(",") if m.strip()]
-    unknown = [m for m in wanted if m not in METHODS]
-    if unknown:
-        raise ValueError(f"unknown method{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; known: "
-                         f"{', '.join(METHODS)}")
-    return [m for m in METHODS if m in wanted]
-
-
-def _prepare_out(out: Path, resume: bool, overwrite: bool) -> None:
-    if resume and overwrite:
-        raise ValueError("give --resume or --overwrite, not both")
-    if out.exists() and any(out.iterdir()):
-        if overwrite:
-            shutil.rmtree(out)
-        elif not resume:
-            raise FileExistsError(f"{out} exists and is not empty; pass --resume to continue it or --overwrite to "
-                                  "start again")
-        elif not (out / "benchmark.json").is_file():
-            raise FileExistsError(f"{out} is not a benchmark folder (no benchmark.json); choose another -o")
-    out.mkdir(parents=True, exist_ok=True)
 
 
 def _versions() -> dict[str, str]:
@@ -196,9 +160,8 @@ class Benchmark:
         return name, model
 
     def _source_budget(self) -> dict[str, str]:
-        return {"nnUNet_sfda_num_epochs": str(self.p.source_epochs),
-                "nnUNet_sfda_iterations_per_epoch": str(self.p.source_iterations),
-                "nnUNet_sfda_seed": str(self.cfg.seed)}
+        return settings_env(num_epochs=self.p.source_epochs, iterations_per_epoch=self.p.source_iterations,
+                            seed=self.cfg.seed)
 
     def _target(self, index: int, shift: str, model: Path) -> tuple[str, Path]:
         """The shifted target as a labelled copy prepared with the source plans, its test cases and priors."""
@@ -217,16 +180,16 @@ class Benchmark:
             write_cases(data / "test" / "images", data / "test" / "labels", test_ids, seed=seed + 1,
                         spec=self.p.spec, shifts=family.shifts, target_spacing=family.target_spacing,
                         overwrite=True)
-        if not (pre / "sfda_target.json").is_file():
+        if not (pre / RECORD_FILE_NAME).is_file():
             self.progress.run(f"[{shift}] prepare-target", ["nnunet-sfda", "prepare-target", "-m", str(model), "-d",
                                                             name, "-c", self.p.configuration, "-np", "1"],
                               f"{shift}_prepare_target")
         source_labels = self.out / "nnUNet_raw" / f"Dataset{SOURCE_ID}_BenchSource" / "labelsTr"
-        if not (pre / "sfda_prior.json").is_file():
+        if not (pre / PRIOR_FILE_NAME).is_file():
             self.progress.run(f"[{shift}] estimate-prior from the source labels' volumes",
                               ["nnunet-sfda", "estimate-prior", "-d", name, "--labels", str(source_labels)],
                               f"{shift}_estimate_prior")
-        if not (pre / "sfda_prior_true_size.json").is_file():
+        if not (pre / TRUE_SIZE_PRIOR_FILE_NAME).is_file():
             self.progress.run(f"[{shift}] true-size prior (analysis only)",
                               ["nnunet-sfda", "estimate-prior", "-d", name, "--labels",
                                str(self.out / "nnUNet_raw" / name / "labelsTr"), "--true-size"],
@@ -247,39 +210,38 @@ class Benchmark:
         run_dir = self.out / "runs" / shift / method.name
         done = run_dir / "method.json"
         if done.is_file():
-            return json.loads(done.read_text())
+            return read_json(done, "the result of a finished benchmark method")
         run_dir.mkdir(parents=True, exist_ok=True)
         seconds = 0.0
         if method.name == "source_only":
             pred = self._predict(shift, method.name, source, SOURCE_TRAINER, data, run_dir)
         else:
-            env = {**self.train_env, "nnUNet_sfda_seed": str(self.cfg.seed)}
             if method.name == "oracle":
-                env.update(self._source_budget())
+                env = {**self.train_env, **self._source_budget()}
                 budget = f"{self.p.source_epochs} × {self.p.source_iterations}"
             else:
-                env.update(nnUNet_sfda_num_epochs=str(self.p.adapt_epochs),
-                           nnUNet_sfda_iterations_per_epoch=str(self.p.adapt_iterations),
-                           nnUNet_sfda_val_iterations=str(self.p.val_iterations))
+                prior = (self.out / "nnUNet_preprocessed" / target / TRUE_SIZE_PRIOR_FILE_NAME
+                         if method.prior == "true_size" else None)
+                env = {**self.train_env, **settings_env(
+                    seed=self.cfg.seed, num_epochs=self.p.adapt_epochs, iterations_per_epoch=self.p.adapt_iterations,
+                    val_iterations=self.p.val_iterations, prior=prior)}
                 budget = f"{self.p.adapt_epochs} × {self.p.adapt_iterations}"
-            if method.prior == "true_size":
-                env["nnUNet_sfda_prior"] = str(self.out / "nnUNet_preprocessed" / target / "sfda_prior_true_size.json")
             folder = self.out / "nnUNet_results" / target / f"{method.trainer}__nnUNetPlans__{self.p.configuration}"
             shutil.rmtree(folder, ignore_errors=True)  # a half-finished run from an interrupted benchmark
             seconds = self.progress.run(f"[{shift}] {method.name}: training ({budget} iterations)",
                                         ["nnUNetv2_train", target, self.p.configuration, "all", "-tr", method.trainer,
                                          "-device", self.cfg.device], f"{shift}_{method.name}_train", env)
-            history = folder / "fold_all" / "sfda_history.json"
-            if history.is_file():
-                shutil.copy(history, run_dir / "sfda_history.json")
+            for record in (records.HISTORY_FILE_NAME, records.SETTINGS_FILE_NAME):
+                if (folder / "fold_all" / record).is_file():
+                    shutil.copy(folder / "fold_all" / record, run_dir / record)
             pred = self._predict(shift, method.name, target, method.trainer, data, run_dir)
-        labels = json.loads((self.out / "nnUNet_raw" / target / "dataset.json").read_text())["labels"]
+        labels = read_json(self.out / "nnUNet_raw" / target / "dataset.json", "the target's dataset.json")["labels"]
         per_case = evaluate_folder(pred, data / "test" / "labels", labels)
         entry = {**summarize(per_case), "seconds": round(seconds, 1), "trainer": method.trainer,
                  "per_case_dice": {m.case: m.dice for m in per_case}}
-        if (run_dir / "sfda_history.json").is_file():
-            entry["prior_mode"] = json.loads((run_dir / "sfda_history.json").read_text())["prior_mode"]
-        done.write_text(json.dumps(entry, indent=1))
+        if (run_dir / records.SETTINGS_FILE_NAME).is_file():
+            entry["prior_mode"] = records.load_run_settings(run_dir / records.SETTINGS_FILE_NAME).prior_mode
+        atomic_write_json(done, entry, indent=1)
         dice = entry["dice"]
         self.progress.say(f"[{shift}] {method.name}: Dice {dice:.3f}" if dice is not None else
                           f"[{shift}] {method.name}: no Dice")
@@ -292,8 +254,7 @@ class Benchmark:
         for name in order:
             method = METHODS[name]
             mode = results.get("adami", {}).get("prior_mode")
-            explicit = {"adami_per_sample": "per_sample", "adami_batch_marginal": "batch_marginal"}.get(name)
-            if explicit is not None and explicit == mode:
+            if method.prior_mode is not None and method.prior_mode == mode:
                 results[name] = {**results["adami"], "same_run_as": "adami"}
                 continue
             try:
@@ -305,9 +266,9 @@ class Benchmark:
                 "description": SHIFT_FAMILIES[shift].description, "target_dataset": target}
 
     def run(self) -> dict:
-        (self.out / "benchmark.json").write_text(json.dumps({"preset": self.p.name, "shifts": self.cfg.shifts,
-                                                             "methods": self.cfg.methods, "seed": self.cfg.seed,
-                                                             "device": self.cfg.device}, indent=1))
+        atomic_write_json(self.out / CONFIG_FILE_NAME, {"preset": self.p.name, "shifts": self.cfg.shifts,
+                                                        "methods": self.cfg.methods, "seed": self.cfg.seed,
+                                                        "device": self.cfg.device}, indent=1)
         self.progress.say(f"benchmark preset '{self.p.name}' ({self.p.note}); shifts: {', '.join(self.cfg.shifts)}; "
                           f"methods: {', '.join(self.cfg.methods)}; folder {self.out}")
         source, model = self._source()
@@ -321,42 +282,38 @@ class Benchmark:
                    "budget": {"source_iterations": self.p.source_epochs * self.p.source_iterations,
                               "adaptation_iterations": self.p.adapt_epochs * self.p.adapt_iterations},
                    "minutes": round((time.monotonic() - self.progress.start) / 60, 1)}
-        (self.out / "results.json").write_text(json.dumps(results, indent=1))
+        atomic_write_json(self.out / "results.json", results, indent=1)
         self._report(results)
         return results
 
     # -- report ------------------------------------------------------------------------------------------------
     def _report(self, results: dict) -> None:
-        from nnunet_sfda.benchmark import report
-
-        md, csv_file = report.write_tables(results, self.out)
-        figures = self.out / "figures"
-        figures.mkdir(exist_ok=True)
-        report.plot_method_bars(results, figures / "dice_by_method.png")
+        md, csv_file = tables.write_tables(results, self.out)
+        folder = self.out / "figures"
+        folder.mkdir(exist_ok=True)
+        figures.plot_method_bars(results, folder / "dice_by_method.png")
         for shift, entry in results["shifts"].items():
             histories = {}
             for method in entry["methods"]:
-                history = self.out / "runs" / shift / method / "sfda_history.json"
+                history = self.out / "runs" / shift / method / records.HISTORY_FILE_NAME
                 if history.is_file():
-                    histories[method] = json.loads(history.read_text())
+                    histories[method] = records.load_history(history)
             if histories:
-                report.plot_adaptation_curves(histories, figures / f"curves_{shift}.png", title=f"shift: {shift}")
-            self._examples(shift, entry, figures / f"examples_{shift}.png")
+                figures.plot_adaptation_curves(histories, folder / f"curves_{shift}.png", title=f"shift: {shift}")
+            self._examples(shift, folder / f"examples_{shift}.png")
         self.progress.say(f"results: {self.out / 'results.json'}, {md.name}, {csv_file.name}, figures/")
 
-    def _examples(self, shift: str, entry: dict, path: Path) -> None:
+    def _examples(self, shift: str, path: Path) -> None:
         data = self.out / "data" / shift / "test"
         case = sorted(p.name[: -len("_0000.nii.gz")] for p in (data / "images").glob("*_0000.nii.gz"))[0]
         image = sitk.GetArrayFromImage(sitk.ReadImage(str(data / "images" / f"{case}_0000.nii.gz")))
-        truth = sitk.GetArrayFromImage(sitk.ReadImage(str(data / "labels" / f"{case}.nii.gz")))
+        truth, _ = read_label_map(data / "labels" / f"{case}.nii.gz")
         predictions = {}
         for method in ("source_only", "adami", "oracle"):
             file = self.out / "runs" / shift / method / "predictions" / f"{case}.nii.gz"
             if file.is_file():
-                predictions[method] = sitk.GetArrayFromImage(sitk.ReadImage(str(file)))
-        from nnunet_sfda.benchmark import report
-
-        report.plot_examples(image, truth, predictions, path, title=f"shift {shift}, {case}")
+                predictions[method] = read_label_map(file)[0]
+        figures.plot_examples(image, truth, predictions, path, title=f"shift {shift}, {case}")
 
 
 def add_gap_closure(methods: dict[str, dict]) -> None:
@@ -380,9 +337,9 @@ def run_benchmark(out: str | os.PathLike, preset: str = "quick", methods: str | 
     shift_names = resolve_family_names(shifts or chosen.default_shifts)
     method_names = parse_methods(methods)
     out = Path(out).resolve()
-    _prepare_out(out, resume, overwrite)
+    claim_output_folder(out, "benchmark", overwrite=overwrite, resume=resume, legacy_file=CONFIG_FILE_NAME)
     if resume:
-        saved = json.loads((out / "benchmark.json").read_text())
+        saved = read_json(out / CONFIG_FILE_NAME, "the arguments of the benchmark run to resume")
         if saved["preset"] != preset:
             raise ValueError(f"{out} was run with preset {saved['preset']!r}; resume it with --preset "
                              f"{saved['preset']}")
@@ -402,5 +359,4 @@ def result_summary(results: dict) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["METHODS", "PRESETS", "Benchmark", "BenchmarkConfig", "Method", "Preset", "add_gap_closure",
-           "parse_methods", "result_summary", "run_benchmark"]
+__all__ = ["PRESETS", "Benchmark", "BenchmarkConfig", "Preset", "add_gap_closure", "result_summary", "run_benchmark"]

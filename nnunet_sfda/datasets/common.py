@@ -1,4 +1,5 @@
-"""What every converter shares: dataset folders that are never overwritten, dataset.json, image writing.
+"""What every converter shares: dataset folders that are never overwritten, dataset.json and CSV writing, image
+writing, and the one rule for "this mask lies on its image's grid" (:func:`check_mask_on_image_grid`).
 
 A converter writes two nnU-Net raw datasets under ``nnUNet_raw``: the *source* with ``imagesTr`` + ``labelsTr``,
 and the *target* with ``imagesTr`` only. The target's labels go to ``nnUNet_raw/sfda_eval_labels/<target dataset
@@ -6,11 +7,12 @@ name>/`` (a folder nnU-Net never reads: its name does not start with ``Dataset``
 """
 from __future__ import annotations
 
-import json
+import csv
+import io
 import os
 import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +21,14 @@ from typing import Mapping
 import numpy as np
 import SimpleITK as sitk
 
+from nnunet_sfda.files import atomic_write_json, atomic_write_text
+
 EVAL_LABELS_DIR = "sfda_eval_labels"
+#: The largest distance (mm) between a mask voxel's centre and the same voxel's centre in its image that still
+#: counts as the same grid. Headers written by different tools round spacing and origin (float32 in NIfTI: about
+#: 1e-5 mm at 100 mm from the origin); 0.01 mm is far above that rounding and far below any voxel (>= 0.1 mm), so a
+#: mask that passes lies on its image's voxels, and one that fails is shifted, scaled or rotated by a real amount.
+GRID_TOLERANCE_MM = 0.01
 
 
 class ConversionError(ValueError):
@@ -96,9 +105,49 @@ def write_dataset_json(folder: Path, channel_names: Mapping[str, str], labels: M
                        file_ending: str = ".nii.gz", **extra) -> Path:
     content = {"channel_names": dict(channel_names), "labels": dict(labels), "numTraining": int(num_training),
                "file_ending": file_ending, **extra}
-    path = folder / "dataset.json"
-    path.write_text(json.dumps(content, indent=2))
-    return path
+    return atomic_write_json(folder / "dataset.json", content)
+
+
+def write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence]) -> Path:
+    """A CSV file (``\\n`` line ends), written atomically."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return atomic_write_text(path, buffer.getvalue())
+
+
+def _voxel_centres_mm(image: sitk.Image) -> np.ndarray:
+    """World positions of the corner voxels' centres; along an axis of one voxel, of the next voxel too (so the
+    spacing along it is compared as well). The index-to-world map is affine: the corners bound every voxel's
+    displacement."""
+    ends = [max(n - 1, 1) for n in image.GetSize()]
+    return np.array([image.TransformContinuousIndexToPhysicalPoint([float(c * e) for c, e in zip(corner, ends)])
+                     for corner in np.ndindex(*(2,) * image.GetDimension())])
+
+
+def _fmt(values: Sequence[float]) -> str:
+    return "(" + ", ".join(f"{v:.4g}" for v in values) + ")"
+
+
+def check_mask_on_image_grid(image: sitk.Image, mask: sitk.Image, image_path: Path, mask_path: Path,
+                             hint: str = "") -> None:
+    """The one rule of every converter: a mask lies on its image's grid, else :class:`ConversionError`.
+
+    Same dimension and size (voxels), and every voxel centre of the mask within :data:`GRID_TOLERANCE_MM` of the
+    same voxel's centre in the image: spacing, origin and direction are compared together, in millimetres. The mask
+    is then written with the image's header (nothing is resampled). ``hint`` ends the message (what the user can do).
+    """
+    if image.GetDimension() != mask.GetDimension() or image.GetSize() != mask.GetSize():
+        raise ConversionError(f"{mask_path}: size {mask.GetSize()} differs from its image {image_path} size "
+                              f"{image.GetSize()} (voxels i, j, k)" + (f"; {hint}" if hint else ""))
+    displacement = float(np.max(np.linalg.norm(_voxel_centres_mm(image) - _voxel_centres_mm(mask), axis=1)))
+    if displacement > GRID_TOLERANCE_MM:
+        raise ConversionError(
+            f"{mask_path}: does not lie on the grid of its image {image_path}: voxel centres up to "
+            f"{displacement:.3g} mm apart (tolerance {GRID_TOLERANCE_MM} mm; image spacing {_fmt(image.GetSpacing())}, "
+            f"origin {_fmt(image.GetOrigin())}; mask spacing {_fmt(mask.GetSpacing())}, origin "
+            f"{_fmt(mask.GetOrigin())})" + (f"; {hint}" if hint else ""))
 
 
 def write_image(image: sitk.Image | np.ndarray, path: Path, spacing_xyz: tuple[float, ...] | None = None,

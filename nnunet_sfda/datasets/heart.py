@@ -32,7 +32,6 @@ channel name, so the target's channel name changes nothing and is kept equal to 
 from __future__ import annotations
 
 import argparse
-import csv
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -44,10 +43,12 @@ from nnunet_sfda.datasets.common import (
     EVAL_LABELS_DIR,
     ConversionError,
     ConvertedPair,
+    check_mask_on_image_grid,
     claim_output_folders,
     created_folders,
     raw_root,
     remap_labels,
+    write_csv,
     write_dataset_json,
     write_image,
 )
@@ -296,20 +297,6 @@ def _volume_pairs(src_dir: Path, modality: str) -> list[tuple[str, Path, Path]]:
     return [(f"{modality}_train_{i}", found[(i, "image")], found[(i, "label")]) for i in ids]
 
 
-def _check_same_grid(image: sitk.Image, label: sitk.Image, image_path: Path, label_path: Path) -> None:
-    problems = []
-    if image.GetSize() != label.GetSize():
-        problems.append(f"size {label.GetSize()} vs image {image.GetSize()}")
-    else:
-        for what, a, b, tol in (("spacing", label.GetSpacing(), image.GetSpacing(), 1e-4),
-                                ("origin", label.GetOrigin(), image.GetOrigin(), 1e-3),
-                                ("direction", label.GetDirection(), image.GetDirection(), 1e-4)):
-            if not np.allclose(a, b, rtol=tol, atol=tol):
-                problems.append(f"{what} {tuple(round(v, 4) for v in a)} vs image {tuple(round(v, 4) for v in b)}")
-    if problems:
-        raise ConversionError(f"{label_path}: does not lie on the grid of {image_path.name}: {'; '.join(problems)}")
-
-
 def _check_codes(codes: np.ndarray, mapping: dict[int, int], label_path: Path) -> None:
     """An error naming the file and every code that is not a documented MM-WHS code (or 421 when refused)."""
     found = np.unique(codes)
@@ -355,7 +342,7 @@ def _convert_volumes(cases: Sequence[tuple[str, Path, Path]], images_dir: Path, 
             if img.GetDimension() != 3 or img.GetNumberOfComponentsPerPixel() != 1:
                 raise ConversionError(f"{path}: expected a 3D single-channel volume, got {img.GetDimension()}D "
                                       f"with {img.GetNumberOfComponentsPerPixel()} component(s)")
-        _check_same_grid(image, label, image_path, label_path)
+        check_mask_on_image_grid(image, label, image_path, label_path)
         if reorient:
             image = sitk.DICOMOrient(image, "LPS")
             label = sitk.DICOMOrient(label, "LPS")
@@ -372,10 +359,7 @@ def _convert_volumes(cases: Sequence[tuple[str, Path, Path]], images_dir: Path, 
                 tag_rows.append((case, name, _ranges(slices)))
         print(f"  {what}: {n}/{len(cases)} volumes ({case})", flush=True)
     if tags_file is not None:
-        with open(tags_file, "w", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(["case", "label", "slices"])
-            writer.writerows(tag_rows)
+        write_csv(tags_file, ["case", "label", "slices"], tag_rows)
     return len(cases)
 
 
@@ -521,12 +505,9 @@ def _write_adami_pixel_sizes(folder: Path, presence: dict[str, tuple[bool, ...]]
     so a slice without foreground is stated as such rather than left to the dataset ratio."""
     names = [n for n in LABELS if LABELS[n] != 0]
     for file_name, tagged in ((ADAMI_TAGS_CSV, True), (ADAMI_NOTAGS_CSV, False)):
-        with open(folder / file_name, "w", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(["case", "slice", "label", "pixels"])
-            for case, present in presence.items():
-                for name, here in zip(names, present):
-                    writer.writerow([case, 0, name, ADAMI_PIXELS[name] if (here or not tagged) else 0])
+        write_csv(folder / file_name, ["case", "slice", "label", "pixels"],
+                  [[case, 0, name, ADAMI_PIXELS[name] if (here or not tagged) else 0]
+                   for case, present in presence.items() for name, here in zip(names, present)])
 
 
 def _split_of(case: str) -> str:

@@ -22,6 +22,7 @@ from nnunet_sfda.datasets.common import (
     EVAL_LABELS_DIR,
     ConversionError,
     ConvertedPair,
+    check_mask_on_image_grid,
     claim_output_folders,
     created_folders,
     raw_root,
@@ -58,16 +59,12 @@ ARCHIVE_FOLDER = "Processed_data_nii"
 #: maps 2 to 1 before training a binary prostate model; every other value is an error unless the user adds it.
 DEFAULT_FOREGROUND_VALUES = (1, 2)
 
-#: Relative tolerance on each axis when a mask's spacing is compared with its image's.
-SPACING_RTOL = 1e-3
-#: Absolute tolerances for origin (mm) and direction cosines (a mismatch only warns: the mask is written on the
-#: image's grid, voxel for voxel).
-ORIGIN_ATOL_MM = 1e-2
-DIRECTION_ATOL = 1e-3
-
 _IMAGE_RE = re.compile(r"^Case(\d+)\.nii\.gz$")
 _MASK_RE = re.compile(r"^Case(\d+)_([Ss])egmentation\.nii\.gz$")
 _NIFTI_RE = re.compile(r"\.nii(\.gz)?$", re.IGNORECASE)
+
+#: keyword options of :func:`convert` (and the argparse dests :func:`add_arguments` defines)
+OPTION_NAMES = ("source_site", "target_site", "holdout", "foreground_values")
 
 CHANNEL_NAMES = {"0": "T2"}
 LABELS = {"background": 0, "prostate": 1}
@@ -173,24 +170,12 @@ def _read(path: Path) -> sitk.Image:
     return image
 
 
-def _check_geometry(image: sitk.Image, mask: sitk.Image, case: _Case) -> None:
-    if image.GetSize() != mask.GetSize():
-        raise ConversionError(f"{case.mask}: mask size {mask.GetSize()} differs from image {case.image.name} size "
-                              f"{image.GetSize()} (x, y, z voxels)")
-    si, sm = np.asarray(image.GetSpacing()), np.asarray(mask.GetSpacing())
-    if np.any(np.abs(si - sm) > SPACING_RTOL * np.abs(si)):
-        raise ConversionError(f"{case.mask}: mask spacing {tuple(sm.tolist())} differs from image {case.image.name} "
-                              f"spacing {tuple(si.tolist())} (mm, x, y, z; relative tolerance {SPACING_RTOL})")
-    if (np.any(np.abs(np.subtract(image.GetOrigin(), mask.GetOrigin())) > ORIGIN_ATOL_MM)
-            or np.any(np.abs(np.subtract(image.GetDirection(), mask.GetDirection())) > DIRECTION_ATOL)):
-        _warn(f"{case.mask}: origin/direction differ from {case.image.name}; the label is written on the image's "
-              "grid (same voxel array)")
-
-
 def _convert_case(case: _Case, image_out: Path, label_out: Path, mapping: dict[int, int]) -> tuple[sitk.Image, set]:
     image = _read(case.image)
     mask = _read(case.mask)
-    _check_geometry(image, mask, case)
+    check_mask_on_image_grid(image, mask, case.image, case.mask,
+                             hint="which header is right cannot be told from the files; fix the mask's header once "
+                                  "you know")
     array = sitk.GetArrayFromImage(mask)
     found = set(np.unique(array).tolist())
     try:

@@ -22,6 +22,7 @@ from nnunet_sfda.datasets.common import (
     EVAL_LABELS_DIR,
     ConversionError,
     ConvertedPair,
+    check_mask_on_image_grid,
     claim_output_folders,
     created_folders,
     raw_root,
@@ -51,10 +52,9 @@ DEFAULT_SOURCE_SUBJECTS = "01-04,09-12"
 DEFAULT_TARGET_SUBJECTS = "05-08,13-16"
 DEFAULT_SLICE_AXIS = "auto"
 SLICE_AXES = ("auto", "keep", "i", "j", "k")
-#: largest distance (mm) between the corners of an image and of its mask that still counts as the same grid
-GEOMETRY_TOLERANCE_MM = 0.01
 
-_OPTION_NAMES = ("source_subjects", "target_subjects", "target_test_subjects", "exclude_subjects",
+#: keyword options of :func:`convert` (and the argparse dests :func:`add_arguments` defines)
+OPTION_NAMES = ("source_subjects", "target_subjects", "target_test_subjects", "exclude_subjects",
                  "allow_shared_subjects", "labels_dir", "disc_value", "slice_axis", "source_modality",
                  "target_modality")
 
@@ -127,10 +127,10 @@ def parse_subjects(spec: str | int | Iterable[str | int] | None, option: str) ->
 
 
 def _resolve_options(options: dict) -> _Options:
-    unknown = sorted(set(options) - set(_OPTION_NAMES))
+    unknown = sorted(set(options) - set(OPTION_NAMES))
     if unknown:
         raise ConversionError(f"unknown option(s) for the spine converter: {', '.join(unknown)} "
-                              f"(known: {', '.join(_OPTION_NAMES)})")
+                              f"(known: {', '.join(OPTION_NAMES)})")
 
     def get(name, default):
         value = options.get(name)
@@ -209,31 +209,17 @@ def _subject_files(src_dir: Path, subject: str, modality: str, labels_dir: Path 
     return image, mask
 
 
-def _corners_mm(image: sitk.Image) -> np.ndarray:
-    size = image.GetSize()
-    return np.array([image.TransformContinuousIndexToPhysicalPoint(
-        [float(c * (n - 1)) for c, n in zip(corner, size, strict=True)])
-        for corner in np.ndindex(*(2,) * image.GetDimension())])
-
-
-def check_same_grid(image: sitk.Image, mask: sitk.Image, image_path: Path, mask_path: Path) -> None:
-    """The mask must lie on the image's voxel grid (same size, same world position of every corner voxel)."""
+def _check_volumes(image: sitk.Image, mask: sitk.Image, image_path: Path, mask_path: Path) -> None:
+    """Both files are 3D single-value volumes and the mask lies on the image's grid."""
     for img, path in ((image, image_path), (mask, mask_path)):
         if img.GetNumberOfComponentsPerPixel() != 1:
             raise ConversionError(f"{path}: {img.GetNumberOfComponentsPerPixel()} values per voxel; expected one")
     if image.GetDimension() != 3 or mask.GetDimension() != 3:
         raise ConversionError(f"{image_path} ({image.GetDimension()}D) and {mask_path} ({mask.GetDimension()}D): "
                               "expected 3D volumes")
-    if image.GetSize() != mask.GetSize():
-        raise ConversionError(f"{mask_path}: size {mask.GetSize()} differs from its image {image_path} "
-                              f"size {image.GetSize()} (voxels i, j, k)")
-    displacement = float(np.max(np.linalg.norm(_corners_mm(image) - _corners_mm(mask), axis=1)))
-    if displacement > GEOMETRY_TOLERANCE_MM:
-        raise ConversionError(
-            f"{mask_path} does not lie on the grid of {image_path}: corners up to {displacement:.3g} mm apart "
-            f"(image spacing {_fmt(image.GetSpacing())}, origin {_fmt(image.GetOrigin())}; mask spacing "
-            f"{_fmt(mask.GetSpacing())}, origin {_fmt(mask.GetOrigin())}). Which header is right cannot be told from "
-            "the files; leave this data set out with --exclude-subjects, or fix the header yourself")
+    check_mask_on_image_grid(image, mask, image_path, mask_path,
+                             hint="which header is right cannot be told from the files; leave this data set out "
+                                  "with --exclude-subjects, or fix the header yourself")
 
 
 def _fmt(values: Sequence[float]) -> str:
@@ -312,7 +298,7 @@ def convert(src_dir: Path, source_id: int = DEFAULT_SOURCE_ID, target_id: int = 
         for n, (role, case, image_path, mask_path) in enumerate(jobs, 1):
             image = _read(image_path)
             mask = _read(mask_path)
-            check_same_grid(image, mask, image_path, mask_path)
+            _check_volumes(image, mask, image_path, mask_path)
             order = _slice_order(image, opts.slice_axis, image_path)
             image = _orient(image, order)
             mask = _orient(mask, order)

@@ -72,6 +72,15 @@ class CaseGeometry:
         index = int(raw_index) - self.crop_lower[0]
         return index if 0 <= index < self.num_slices else None
 
+    def frame_array(self, raw: np.ndarray, where: str) -> np.ndarray:
+        """An array of this case's raw shape (e.g. its label map) in the prior's frame: transposed, then cropped.
+
+        Raises ValueError naming ``where`` when the array's shape is not the case's raw shape.
+        """
+        if tuple(raw.shape) != self.raw_shape:
+            raise ValueError(f"{where}: shape {tuple(raw.shape)} differs from its image's {self.raw_shape}")
+        return raw.transpose(self.transpose)[tuple(slice(lo, lo + n) for lo, n in zip(self.crop_lower, self.shape))]
+
 
 def patch_prior(region_ratio: np.ndarray, lower: Sequence[int], upper: Sequence[int],
                 shape: Sequence[int]) -> np.ndarray:

@@ -440,6 +440,8 @@ def load_prior(path: str | os.PathLike[str]) -> ClassRatioPrior:
     path = Path(path)
     if path.is_dir():
         raise IsADirectoryError(f"{path} is a folder; expected a prior file such as {path / PRIOR_FILE_NAME}")
+    if not path.is_file():
+        raise FileNotFoundError(f"prior file {path} not found")
     return prior_from_json(path.read_bytes(), where=str(path))
 
 

@@ -3,19 +3,36 @@
 Choices, and why:
 
 - **Start**: all source weights, segmentation head included, from the checkpoint that ``prepare-target`` recorded
-  (``-pretrained_weights`` would leave the head random). ``--c`` resumes the adapted weights and optimizer instead.
+  (``-pretrained_weights`` would leave the head random).
+- **Settings**: the hyperparameters are class attributes; the ``nnUNet_sfda_*`` variables in ``accepted_settings``
+  override them and any other set variable is refused before training (a class name promises what it trains).
+  Every run writes what it trained with to ``sfda_settings.json`` (:class:`~nnunet_sfda.records.RunSettings`).
+- **Records and resume**: each epoch is appended to the typed history (``sfda_history.json``,
+  :class:`~nnunet_sfda.records.RunHistory`) and ``checkpoint_latest.pth`` is written at its end, carrying the history,
+  the settings and the random-number states (:mod:`~nnunet_sfda.trainers.resume`). ``--c`` restores weights,
+  optimizer, epoch, history and random states without re-seeding, so with ``nnUNet_n_proc_DA=0`` an interrupted run
+  ends bit-identical to an uninterrupted one. nnU-Net's ``--c`` takes ``checkpoint_final.pth`` first: a
+  ``checkpoint_latest.pth`` beside it is always newer (a finished run deletes its latest), so it is taken instead; a
+  finished run given more epochs continues from its final checkpoint; changed settings other than the number of
+  epochs are refused.
+- **Non-finite values**: a NaN or infinite float32 loss, or weights, stop training with
+  :class:`~nnunet_sfda.trainers.resume.NonFiniteTrainingError` (non-zero exit); no checkpoint holding them is
+  written, so ``checkpoint_final.pth`` never does. (fp16 gradient overflow under AMP is the grad scaler's business.)
 - **Loss**: :class:`nnunet_sfda.losses.AdaMILoss` on the full-resolution output only, so deep supervision is off (the
   prior states ratios at full resolution; the lower decoder outputs would only cost time).
 - **No augmentation**: spatial scaling alone changes a patch's class ratio, which would make the prior wrong, and the
   reference method adapts on plain images. Mirroring axes are still configured so inference keeps its TTA.
 - **No labels**: foreground oversampling is off (it reads label locations); the loss never sees ``batch['target']``.
-  Labels, when the target has ``labelsTr``, only feed the ``monitoring Dice`` in the log and ``sfda_progress.png``.
+  Labels, when the target has ``labelsTr``, only feed the ``monitoring Dice`` in the log and ``sfda_progress.png``
+  (pooled over the epoch's few random validation patches, NaN for a class absent from both; never a test-case Dice).
   ``checkpoint_best.pth`` is not written (nnU-Net picks it by a label-based pseudo-Dice); use ``checkpoint_final.pth``.
 - **Frame of the prior**: ratios are fractions of the network input (after nnU-Net's crop to the non-zero region and
   resampling). Resampling keeps fractions; the crop removes only air, which the prior's background must not count.
 - **A patch's prior**: the loader (:class:`~nnunet_sfda.trainers.loader.BoxReportingDataLoader`) reports each
   patch's box. A 2d patch takes its slice's ratio (per-slice, else per-case, else dataset), a 3d crop its case's;
-  padding beyond the image counts as background (:func:`~nnunet_sfda.priors.geometry.patch_prior`).
+  padding beyond the image counts as background (:func:`~nnunet_sfda.priors.geometry.patch_prior`). The log, the
+  history and ``sfda_progress.png`` show this prior the loss used (mean over the epoch's patches) next to the
+  predicted ratio, with the dataset prior for reference.
 - **Prior mode**: ``per_sample`` compares each patch's predicted ratio with its own prior; ``batch_marginal``
   compares the batch's mean prediction with the mean of the patches' priors. The default (``prior_mode = None``) is
   per-sample in 2d when the prior file has per-slice ratios, batch-marginal otherwise: a case ratio says little
@@ -25,11 +42,10 @@ Choices, and why:
 """
 from __future__ import annotations
 
-import json
-import os
-import random
+import math
 from pathlib import Path
 from time import time
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -48,40 +64,75 @@ from nnunet_sfda.losses import AdaMILoss, AdaMITerms
 from nnunet_sfda.plots import plot_sfda_history
 from nnunet_sfda.priors import PRIOR_FILE_NAME, ClassRatioPrior, check_prior_labels, load_prior
 from nnunet_sfda.priors.geometry import patch_prior
-from nnunet_sfda.settings import load_settings
+from nnunet_sfda.records import (
+    HISTORY_FILE_NAME,
+    SETTINGS_FILE_NAME,
+    EpochRecord,
+    PhaseRecord,
+    RunHistory,
+    RunSettings,
+    history_from_content,
+    resume_conflicts,
+    save_history,
+    save_run_settings,
+    settings_from_content,
+)
+from nnunet_sfda.settings import ENV_PREFIX, SFDASettings
 from nnunet_sfda.trainers.loader import BoxReportingDataLoader
+from nnunet_sfda.trainers.owned_settings import apply_settings, effective_settings, prior_used, settings_for
+from nnunet_sfda.trainers.resume import (
+    RESUME_KEY,
+    RESUME_STATE_VERSION,
+    NonFiniteTrainingError,
+    non_finite_weights,
+    restore_rng_states,
+    rng_states,
+    save_atomically,
+    seed_everything,
+)
 from nnunet_sfda.prepared import (
     SourceCheckpoint,
+    check_prior_fits_target,
     check_weights_match,
+    file_sha256,
     load_checkpoint_weights,
     read_source_checkpoint,
 )
 
-HISTORY_FILE_NAME = "sfda_history.json"
+FINAL_CHECKPOINT, LATEST_CHECKPOINT = "checkpoint_final.pth", "checkpoint_latest.pth"
 
 
 class nnUNetTrainerSFDA(nnUNetTrainer):
     """AdaMI: class-weighted entropy + λ·KL(predicted class ratio ‖ prior class ratio), no source data."""
 
-    prior_mode: str | None = None  # None: see resolved_prior_mode
+    # hyperparameters; the nnUNet_sfda_* variables named in accepted_settings override them (see settings.py)
+    initial_lr: float = 1e-3
+    num_epochs: int = 12
+    num_iterations_per_epoch: int = 25
+    num_val_iterations_per_epoch: int = 5
     kl_weight: float = 1.0
+    seed: int | None = None
+    prior_mode: str | None = None  # None: see resolved_prior_mode
     accepts_true_size_prior: bool = False  # priors measured on target labels are for analysis variants only
+    accepted_settings: ClassVar[frozenset[str]] = frozenset(SFDASettings.model_fields)
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
+        settings = settings_for(type(self))  # refuses a setting this class does not accept, before anything is written
+        continuing = bool(plans.get("continue_training", False))  # nnUNetTrainer.__init__ pops it
         super().__init__(plans, configuration, fold, dataset_json, device)
-        settings = load_settings()
         self.sfda_settings = settings
-        self.initial_lr = settings.lr if settings.lr is not None else 1e-3
-        self.num_epochs = settings.num_epochs if settings.num_epochs is not None else 12
-        self.num_iterations_per_epoch = settings.iterations_per_epoch or 25
-        self.num_val_iterations_per_epoch = settings.val_iterations if settings.val_iterations is not None else 5
-        self.kl_weight = settings.kl_weight if settings.kl_weight is not None else self.kl_weight
+        apply_settings(self, settings)
         self.enable_deep_supervision = False
         self.oversample_foreground_percent = 0.0
-        self.save_every = 1_000_000  # epochs are short; checkpoint_final is written at the end
         self.sfda_prior: ClassRatioPrior | None = None
-        self.sfda_history: dict[str, list] = {}
+        self.sfda_history: RunHistory | None = None
+        self.sfda_run_settings: RunSettings | None = None
+        self._continuing = continuing
+        self._resume_state: dict | None = None  # read from the checkpoint --c loads
+        self._loaded_checkpoint: str | None = None
+        self._epoch_train: PhaseRecord | None = None
+        self._last_good: tuple[str, int] | None = None  # the newest checkpoint written or loaded, and its epoch
         self._monitoring_labels = False
         if self.label_manager.has_regions:
             raise ValueError("nnUNetTrainerSFDA needs softmax outputs; region-based label sets (sigmoid) have class "
@@ -140,7 +191,7 @@ class nnUNetTrainerSFDA(nnUNetTrainer):
         path = self.prior_file()
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found: run `nnunet-sfda estimate-prior -d "
-                                    f"{self.plans_manager.dataset_name} ...` first (or set nnUNet_sfda_prior)")
+                                    f"{self.plans_manager.dataset_name} ...` first (or set {ENV_PREFIX}prior)")
         prior = load_prior(path)
         check_prior_labels(prior, self.dataset_json["labels"], str(path))
         if prior.kind == "true_size" and not self.accepts_true_size_prior:
@@ -159,11 +210,13 @@ class nnUNetTrainerSFDA(nnUNetTrainer):
                                    f"{len(cases)} training cases ({shown}); they use its dataset "
                                    "ratio. Re-run estimate-prior after adding cases.")
 
+    def _plain_network(self) -> torch.nn.Module:
+        network = self.network.module if self.is_ddp else self.network
+        return network._orig_mod if isinstance(network, OptimizedModule) else network
+
     def _load_source_weights(self, record: SourceCheckpoint) -> None:
         weights = load_checkpoint_weights(record.checkpoint, self.device)
-        network = self.network.module if self.is_ddp else self.network
-        if isinstance(network, OptimizedModule):
-            network = network._orig_mod
+        network = self._plain_network()
         check_weights_match(network.state_dict(), weights, record.checkpoint,
                             f"the network of configuration '{self.configuration_name}' in the target's plans")
         network.load_state_dict(weights)
@@ -173,20 +226,116 @@ class nnUNetTrainerSFDA(nnUNetTrainer):
         if self.fold != "all":
             raise ValueError(f"adaptation trains fold 'all' (every target image; no split without labels), got "
                              f"fold {self.fold}: run `nnUNetv2_train DATASET CONFIG all -tr {self.__class__.__name__}`")
-        if self.sfda_settings.seed is not None:
-            seed_everything(self.sfda_settings.seed)
+        resuming = self.current_epoch > 0
+        if resuming and self._resume_state is None:
+            raise RuntimeError(f"{self._loaded_checkpoint} holds no nnunet-sfda resume state (written by an earlier "
+                               "nnunet-sfda): it cannot be continued exactly; re-run without --c to start over")
+        if not resuming and self.seed is not None:  # a resumed run restores its random states instead
+            seed_everything(self.seed)
         self.sfda_prior = self._load_prior()
+        for warning in check_prior_fits_target(self.sfda_prior, Path(self.preprocessed_dataset_folder_base),
+                                               str(self.prior_file())):
+            self.print_to_log_file(f"WARNING: {warning}")
         source = read_source_checkpoint(self.preprocessed_dataset_folder_base, self.configuration_name)
         self._monitoring_labels = source.has_monitoring_labels
+        if resuming:  # checked before anything is written; load_checkpoint made the optimizer
+            self._continue_run(self._effective_settings())
         super().on_train_start()
         self._warn_cases_without_prior()
         self.loss = self._build_loss()
-        if self.current_epoch == 0:
+        if not resuming:
             self._load_source_weights(source)
-        else:  # resumed with --c: keep the adapted weights; continue the history up to the resumed epoch
-            self.sfda_history = {k: v[: self.current_epoch] for k, v in self._read_history().items()}
+            self.sfda_run_settings = self._effective_settings()
+            self.sfda_history = RunHistory(trainer=type(self).__name__, labels=list(self.sfda_prior.labels),
+                                           dataset_prior=self._by_class(self.sfda_prior.ratio_vector()))
+        save_run_settings(self.sfda_run_settings, Path(self.output_folder) / SETTINGS_FILE_NAME)
         self.print_to_log_file(f"SFDA: prior {self.prior_file()} ({self.sfda_prior.provenance.estimator}), "
                                f"mode {self.resolved_prior_mode}, λ = {self.kl_weight}, lr = {self.initial_lr}")
+        if resuming:  # last: nothing may draw between this and the resumed epoch's first patch
+            restore_rng_states(self._resume_state["rng"])
+
+    def _effective_settings(self) -> RunSettings:
+        prior = prior_used(self.prior_file(), self.sfda_prior, file_sha256(self.prior_file()))
+        return effective_settings(self, self.sfda_settings, prior, self.resolved_prior_mode)
+
+    def _continue_run(self, current: RunSettings) -> None:
+        """Take the history and settings of the checkpoint --c loaded; refuse what would not continue that run."""
+        where = self._loaded_checkpoint
+        recorded = settings_from_content(self._resume_state["settings"], f"{where} (settings)")
+        history = history_from_content(self._resume_state["history"], f"{where} (history)")
+        conflicts = resume_conflicts(recorded, current)
+        if conflicts:
+            raise ValueError(f"--c would continue {where} with other settings ({'; '.join(conflicts)}); only "
+                             f"{ENV_PREFIX}num_epochs may change. Set them as the run had them (see "
+                             f"{SETTINGS_FILE_NAME}), or start anew without --c")
+        if len(history.epochs) != self.current_epoch:
+            raise ValueError(f"{where}: its history has {len(history.epochs)} epochs but the checkpoint is at epoch "
+                             f"{self.current_epoch}; start anew without --c")
+        if self.num_epochs < self.current_epoch:
+            raise ValueError(f"{where} is at epoch {self.current_epoch}, beyond {ENV_PREFIX}num_epochs="
+                             f"{self.num_epochs}; set at least {self.current_epoch} (more to train longer)")
+        self.sfda_history = history
+        self._last_good = (where, self.current_epoch - 1)
+        self.sfda_run_settings = current.model_copy(update={
+            "seed": recorded.seed if current.seed is None else current.seed,
+            "resumed_at_epochs": [*recorded.resumed_at_epochs, self.current_epoch]})
+        if self.current_epoch == self.num_epochs:
+            self.print_to_log_file(f"SFDA: {where} already finished its {self.num_epochs} epochs; nothing to "
+                                   f"continue (raise {ENV_PREFIX}num_epochs to train longer)")
+        else:
+            self.print_to_log_file(f"SFDA: continuing {where} at epoch {self.current_epoch} of {self.num_epochs} "
+                                   "with its weights, optimizer, history and random states")
+
+    def load_checkpoint(self, filename_or_checkpoint: dict | str) -> None:
+        final = Path(self.output_folder) / FINAL_CHECKPOINT
+        latest = Path(self.output_folder) / LATEST_CHECKPOINT
+        if self._continuing and isinstance(filename_or_checkpoint, str) and Path(filename_or_checkpoint) == final \
+                and latest.is_file():
+            # a finished run deletes its latest checkpoint: one beside the final is from a later, interrupted run
+            self.print_to_log_file(f"SFDA: {latest.name} is newer than {final.name} (a later run was interrupted); "
+                                   f"continuing from {latest.name}")
+            filename_or_checkpoint = str(latest)
+        super().load_checkpoint(filename_or_checkpoint)
+        checkpoint = filename_or_checkpoint
+        if isinstance(checkpoint, str):  # nnU-Net's loader takes only a path; the resume state is read beside it
+            self._loaded_checkpoint = checkpoint
+            checkpoint = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        self._resume_state = checkpoint.get(RESUME_KEY)
+
+    def save_checkpoint(self, filename: str) -> None:
+        # nnU-Net's content plus the resume state, written atomically; never a checkpoint with non-finite weights
+        network = self._plain_network()
+        broken = non_finite_weights(network.state_dict())
+        if broken:
+            self._stop_non_finite(f"{len(broken)} weight tensor(s) became NaN or infinite (e.g. {broken[0]})")
+        if self.local_rank != 0:
+            return
+        if self.disable_checkpointing:
+            self.print_to_log_file("No checkpoint written, checkpointing is disabled")
+            return
+        save_atomically({
+            "network_weights": network.state_dict(),
+            "optimizer_state": self.optimizer.state_dict(),
+            "grad_scaler_state": self.grad_scaler.state_dict() if self.grad_scaler is not None else None,
+            "logging": self.logger.get_checkpoint(),
+            "_best_ema": self._best_ema,
+            "current_epoch": self.current_epoch + 1,
+            "init_args": self.my_init_kwargs,
+            "trainer_name": self.__class__.__name__,
+            "inference_allowed_mirroring_axes": self.inference_allowed_mirroring_axes,
+            RESUME_KEY: {"version": RESUME_STATE_VERSION, "history": self.sfda_history.model_dump(),
+                         "settings": self.sfda_run_settings.model_dump(mode="json"), "rng": rng_states()},
+        }, filename)
+
+    def _stop_non_finite(self, what: str) -> None:
+        kept = "no checkpoint was written"
+        if self._last_good is not None:
+            kept = f"{self._last_good[0]} holds the last good state, after epoch {self._last_good[1]}; --c continues it"
+        message = (f"SFDA: {what} in epoch {self.current_epoch}; training stops without writing "
+                   f"{FINAL_CHECKPOINT} ({kept}). Check the target images for NaN/Inf values or lower "
+                   f"{ENV_PREFIX}lr")
+        self.print_to_log_file(message)
+        raise NonFiniteTrainingError(message)
 
     def perform_actual_validation(self, save_probabilities: bool = False):
         # nnU-Net's final validation scores against target labels; adaptation has none to score against
@@ -207,16 +356,17 @@ class nnUNetTrainerSFDA(nnUNetTrainer):
         stacked = torch.as_tensor(np.stack(priors), dtype=torch.float32)
         return stacked.mean(0) if self.loss.prior_mode == "batch_marginal" else stacked
 
-    def _forward_terms(self, batch: dict) -> tuple[torch.Tensor, AdaMITerms]:
+    def _forward_terms(self, batch: dict) -> tuple[torch.Tensor, AdaMITerms, torch.Tensor]:
         data = batch["data"].to(self.device, non_blocking=True)
         with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
             logits = self.network(data)
-            terms = self.loss(logits, self._prior_for(batch))
-        return logits, terms
+            prior = self._prior_for(batch)
+            terms = self.loss(logits, prior)
+        return logits, terms, prior
 
     def train_step(self, batch: dict) -> dict:
         self.optimizer.zero_grad(set_to_none=True)
-        _, terms = self._forward_terms(batch)
+        _, terms, prior = self._forward_terms(batch)
         if self.grad_scaler is not None:
             self.grad_scaler.scale(terms.loss).backward()
             self.grad_scaler.unscale_(self.optimizer)
@@ -227,11 +377,11 @@ class nnUNetTrainerSFDA(nnUNetTrainer):
             terms.loss.backward()
             torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
             self.optimizer.step()
-        return _terms_to_numpy(terms)
+        return self._step_record(terms, prior, "training")
 
     def validation_step(self, batch: dict) -> dict:
-        logits, terms = self._forward_terms(batch)
-        out = _terms_to_numpy(terms)
+        logits, terms, prior = self._forward_terms(batch)
+        out = self._step_record(terms, prior, "validation")
         if self._monitoring_labels:  # target labels exist: a monitoring number only, never used for training
             target = batch["target"].to(self.device, non_blocking=True)
             onehot = torch.zeros(logits.shape, device=logits.device, dtype=torch.float16)
@@ -241,15 +391,37 @@ class nnUNetTrainerSFDA(nnUNetTrainer):
                        fn=fn.detach().cpu().numpy()[1:])
         return out
 
+    def _step_record(self, terms: AdaMITerms, prior: torch.Tensor, phase: str) -> dict:
+        # one device-to-host copy per step (each copy waits for the GPU); the weights were already stepped when
+        # the training loss turns out non-finite, but nothing of this epoch is ever saved then
+        values = torch.cat([torch.stack([terms.loss, terms.entropy, terms.kl]).float(),
+                            terms.predicted_ratio.float()]).detach().cpu().numpy()
+        if not math.isfinite(values[0]):
+            self._stop_non_finite(f"the {phase} loss is {values[0]}")
+        return {"terms": {"loss": values[0], "entropy": values[1], "kl": values[2]}, "predicted_ratio": values[3:],
+                "loss_prior": prior.reshape(-1, prior.shape[-1]).mean(0).numpy()}
+
     # ------------------------------------------------------------------------------------------ per epoch
+    def _by_class(self, values, labels: list[str] | None = None) -> dict[str, float]:
+        return dict(zip(labels or list(self.sfda_prior.labels), (float(v) for v in values)))
+
+    def _phase(self, outputs: list[dict]) -> PhaseRecord:
+        """The epoch's steps of one phase, averaged."""
+        def mean(key: str) -> dict[str, float] | None:
+            return self._by_class(np.mean([o[key] for o in outputs], 0)) if outputs else None
+
+        terms = {name: float(np.mean([o["terms"][name] for o in outputs])) for name in outputs[0]["terms"]}
+        return PhaseRecord(terms=terms, predicted_ratio=mean("predicted_ratio"), loss_prior=mean("loss_prior"))
+
     def on_train_epoch_end(self, train_outputs: list[dict]):
-        self.logger.log("train_losses", float(np.mean([o["loss"] for o in train_outputs])), self.current_epoch)
-        self._append_history("train", train_outputs)
+        self._epoch_train = self._phase(train_outputs)
+        self.logger.log("train_losses", self._epoch_train.terms["loss"], self.current_epoch)
 
     def on_validation_epoch_end(self, val_outputs: list[dict]):
-        loss = float(np.mean([o["loss"] for o in val_outputs])) if val_outputs else float("nan")
-        self.logger.log("val_losses", loss, self.current_epoch)
-        dice = [float("nan")] * (len(self.sfda_prior.labels) - 1)
+        val = self._phase(val_outputs) if val_outputs else None
+        self.logger.log("val_losses", val.terms["loss"] if val else float("nan"), self.current_epoch)
+        foreground = list(self.sfda_prior.labels)[1:]
+        dice = [float("nan")] * len(foreground)
         if val_outputs and "tp" in val_outputs[0]:
             tp, fp, fn = (np.sum([o[k] for o in val_outputs], 0) for k in ("tp", "fp", "fn"))
             dice = [float(2 * a / (2 * a + b + c)) if (2 * a + b + c) > 0 else float("nan")
@@ -258,63 +430,30 @@ class nnUNetTrainerSFDA(nnUNetTrainer):
         self.logger.log("mean_fg_dice", float(np.nanmean(dice)) if not np.all(np.isnan(dice)) else float("nan"),
                         self.current_epoch)
         self.logger.log("dice_per_class_or_region", dice, self.current_epoch)
-        self.sfda_history.setdefault("monitoring_dice", []).append(dice)
-        self._append_history("val", val_outputs)
+        self.sfda_history = self.sfda_history.with_epoch(EpochRecord(
+            epoch=self.current_epoch, train=self._epoch_train, val=val,
+            monitoring_dice=self._by_class(dice, foreground) if self._monitoring_labels else None))
 
     def on_epoch_end(self):
         # replaces nnU-Net's, which writes checkpoint_best.pth by a label-based pseudo-Dice
         self.logger.log("epoch_end_timestamps", time(), self.current_epoch)
-        h = self.sfda_history
-        ratio = ", ".join(f"{n} {p:.4f} (prior {q:.4f})" for n, p, q in
-                          zip(self.sfda_prior.labels, h["train_predicted_ratio"][-1], self.sfda_prior.ratio_vector()))
-        self.print_to_log_file(f"SFDA train loss {h['train_loss'][-1]:.4f}  entropy {h['train_entropy'][-1]:.4f}  "
-                               f"KL {h['train_kl'][-1]:.4f}  val loss {h['val_loss'][-1]:.4f}")
+        epoch = self.sfda_history.epochs[-1]
+        train, val = epoch.train, epoch.val
+        self.print_to_log_file(f"SFDA train loss {train.terms['loss']:.4f}  entropy {train.terms['entropy']:.4f}  "
+                               f"KL {train.terms['kl']:.4f}  val loss {val.terms['loss'] if val else float('nan'):.4f}")
+        ratio = ", ".join(f"{n} {train.predicted_ratio[n]:.4f} (loss prior {train.loss_prior[n]:.4f}, dataset "
+                          f"{self.sfda_history.dataset_prior[n]:.4f})" for n in self.sfda_history.labels)
         self.print_to_log_file(f"SFDA predicted ratio: {ratio}")
-        if self._monitoring_labels:
-            self.print_to_log_file("monitoring Dice (target labels, not used for training):",
-                                   [round(d, 4) for d in h["monitoring_dice"][-1]])
-        self.print_to_log_file(f"Epoch time: {self.logger.get_value('epoch_end_timestamps', step=-1) - self.logger.get_value('epoch_start_timestamps', step=-1):.2f} s")
-        if (self.current_epoch + 1) % self.save_every == 0 and self.current_epoch != self.num_epochs - 1:
-            self.save_checkpoint(os.path.join(self.output_folder, "checkpoint_latest.pth"))
+        if epoch.monitoring_dice is not None:
+            self.print_to_log_file("monitoring Dice (target labels, a few random patches; not used for training):",
+                                   {n: round(d, 4) for n, d in epoch.monitoring_dice.items()})
+        seconds = self.logger.get_value("epoch_end_timestamps", step=-1) - \
+            self.logger.get_value("epoch_start_timestamps", step=-1)
+        self.print_to_log_file(f"Epoch time: {seconds:.2f} s")
+        self.save_checkpoint(str(Path(self.output_folder) / LATEST_CHECKPOINT))  # every epoch: --c resumes it
+        self._last_good = (str(Path(self.output_folder) / LATEST_CHECKPOINT), self.current_epoch)
         if self.local_rank == 0:
-            self._write_history()
+            save_history(self.sfda_history, Path(self.output_folder) / HISTORY_FILE_NAME)
             self.logger.plot_progress_png(self.output_folder)
-            plot_sfda_history(self.sfda_history, list(self.sfda_prior.labels), self.sfda_prior.ratio_vector(),
-                              Path(self.output_folder) / "sfda_progress.png")
+            plot_sfda_history(self.sfda_history, Path(self.output_folder) / "sfda_progress.png")
         self.current_epoch += 1
-
-    # ------------------------------------------------------------------------------------------- history
-    def _append_history(self, prefix: str, outputs: list[dict]) -> None:
-        for key in ("loss", "entropy", "kl"):
-            value = float(np.mean([o[key] for o in outputs])) if outputs else float("nan")
-            self.sfda_history.setdefault(f"{prefix}_{key}", []).append(value)
-        ratio = np.mean([o["predicted_ratio"] for o in outputs], 0).tolist() if outputs else []
-        self.sfda_history.setdefault(f"{prefix}_predicted_ratio", []).append(ratio)
-
-    def _history_file(self) -> Path:
-        return Path(self.output_folder) / HISTORY_FILE_NAME
-
-    def _read_history(self) -> dict[str, list]:
-        path = self._history_file()
-        return json.loads(path.read_text())["epochs"] if path.is_file() else {}
-
-    def _write_history(self) -> None:
-        content = {"labels": list(self.sfda_prior.labels), "prior": self.sfda_prior.ratio_vector().tolist(),
-                   "prior_mode": self.resolved_prior_mode, "kl_weight": self.kl_weight, "epochs": self.sfda_history}
-        tmp = self._history_file().with_suffix(".tmp")
-        tmp.write_text(json.dumps(content, indent=1, allow_nan=True))
-        os.replace(tmp, self._history_file())
-
-
-def _terms_to_numpy(terms: AdaMITerms) -> dict:
-    # one device-to-host copy per step instead of four (each copy waits for the GPU)
-    values = torch.cat([torch.stack([terms.loss, terms.entropy, terms.kl]).float(),
-                        terms.predicted_ratio.float()]).detach().cpu().numpy()
-    return {"loss": values[0], "entropy": values[1], "kl": values[2], "predicted_ratio": values[3:]}
-
-
-def seed_everything(seed: int) -> None:
-    """Seed python, numpy and torch: nnU-Net's loader draws from numpy's global state, augmentation from torch."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)

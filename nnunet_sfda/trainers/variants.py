@@ -24,20 +24,18 @@ class nnUNetTrainerSFDA_batchMarginal(nnUNetTrainerSFDA):
 
 
 class nnUNetTrainerSFDA_entropyOnly(nnUNetTrainerSFDA):
-    """λ = 0: entropy minimisation alone (the AdaEnt baseline); it tends to collapse toward the dominant class."""
+    """λ = 0: entropy minimisation alone (the AdaEnt baseline); it tends to collapse toward the dominant class.
+    ``nnUNet_sfda_kl_weight`` is refused: with any other λ this would be AdaMI under the entropy-only name."""
 
     kl_weight = 0.0
+    accepted_settings = nnUNetTrainerSFDA.accepted_settings - {"kl_weight"}
 
 
 class nnUNetTrainerSFDA_Adam(nnUNetTrainerSFDA):
     """Adam, as the reference implementation: the AdaMI loss is small (about 1e-2) near a good solution, and Adam's
-    steps do not scale with the gradient's size the way SGD's do. Constant learning rate ``nnUNet_sfda_lr`` (1e-4)."""
+    steps do not scale with the gradient's size the way SGD's do. Constant learning rate (``nnUNet_sfda_lr``)."""
 
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        if self.sfda_settings.lr is None:
-            self.initial_lr = 1e-4
+    initial_lr = 1e-4
 
     def configure_optimizers(self):
         optimizer = torch.optim.Adam(self.network.parameters(), lr=self.initial_lr)
@@ -58,13 +56,16 @@ class nnUNetTrainerSFDA_tent(nnUNetTrainerSFDA):
     With BatchNorm, TENT also swaps the source's running statistics for the target batch's. nnU-Net normalises with
     InstanceNorm, which already uses each image's own statistics at training and at inference and keeps no running
     statistics, so here TENT is entropy minimisation over the affine parameters alone (about 0.1 % of the weights).
+    Its loss has no class-ratio term: ``nnUNet_sfda_kl_weight`` is refused (the prior only feeds the logged KL).
     """
 
     kl_weight = 0.0
+    accepted_settings = nnUNetTrainerSFDA.accepted_settings - {"kl_weight"}
 
     def _build_loss(self):
         num_classes = self.label_manager.num_segmentation_heads
-        return AdaMILoss(class_weights=[1.0] * num_classes, kl_weight=0.0, prior_mode=self.resolved_prior_mode)
+        return AdaMILoss(class_weights=[1.0] * num_classes, kl_weight=self.kl_weight,
+                         prior_mode=self.resolved_prior_mode)
 
     def configure_optimizers(self):
         affine = []

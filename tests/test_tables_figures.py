@@ -1,16 +1,24 @@
-"""The benchmark report: tables from a hand-made results dict, and that every figure is drawn from fake inputs."""
+"""A benchmark's tables and figures, from a hand-made results dict and typed histories: the table cells, and what
+each figure is made of (bars, curves, panels), drawn from those inputs."""
 from __future__ import annotations
 
-import copy
 import csv
-import math
 
 import numpy as np
 import pytest
 
-from nnunet_sfda.benchmark import report
+from nnunet_sfda.benchmark import figures, tables
+from nnunet_sfda.records import RunHistory
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    yield
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
 
 
 def _entry(dice, sd=0.1, assd=1.2, hd95=4.0, seconds=0.0, gap=None, **extra):
@@ -41,37 +49,27 @@ def _results() -> dict:
             "versions": {"nnunet_sfda": "0.1.0", "nnunetv2": "2.8.1", "torch": "2.5", "monai": "1.6"}}
 
 
-def _history(epochs: int = 4, labels: bool = True, classes: int = 1) -> dict:
-    rng = np.random.default_rng(0)
-    k = classes + 1
-    ratios = [list(np.r_[1 - 0.1 * classes, [0.1] * classes] + rng.normal(0, 0.01, k)) for _ in range(epochs)]
-    dice = [[float(0.5 + 0.1 * e)] * classes if labels else [float("nan")] * classes for e in range(epochs)]
-    return {"labels": ["background", *[f"class{c}" for c in range(1, k)]], "prior": [0.9, *[0.1 / classes] * classes],
-            "prior_mode": "per_sample", "kl_weight": 1.0,
-            "epochs": {"train_loss": list(np.linspace(1, 0.5, epochs)),
-                       "train_entropy": list(np.linspace(0.5, 0.2, epochs)),
-                       "train_kl": list(np.linspace(0.3, 0.05, epochs)), "train_predicted_ratio": ratios,
-                       "val_loss": list(np.linspace(1, 0.6, epochs)), "monitoring_dice": dice}}
+def _history(epochs: int = 4, labels: bool = True, classes: int = 1) -> RunHistory:
+    """A typed history whose every series is known: entropy 0.5 - 0.1 e, KL 0.3 / (e + 1), predicted foreground
+    0.1 + 0.02 e per class, monitoring Dice 0.5 + 0.1 e (absent without labels), prior foreground 0.1."""
+    names = ["background", *[f"class{c}" for c in range(1, classes + 1)]]
 
+    def ratio(foreground: float) -> dict[str, float]:
+        return {"background": 1 - classes * foreground, **{n: foreground for n in names[1:]}}
 
-def _check_png(path, min_side: int = 200, max_side: int = 6000):
-    assert path.is_file()
-    data = path.read_bytes()
-    assert data[:8] == PNG_MAGIC
-    import matplotlib.image
-
-    img = matplotlib.image.imread(str(path))
-    h, w = img.shape[:2]
-    assert min_side <= h <= max_side and min_side <= w <= max_side, (h, w)
-    assert img.std() > 0  # not a blank canvas
-    return img
+    return RunHistory(trainer="nnUNetTrainerSFDA", labels=names, dataset_prior=ratio(0.1 / classes), epochs=[
+        {"epoch": e, "val": None,
+         "train": {"terms": {"loss": 1.0 - 0.1 * e, "entropy": 0.5 - 0.1 * e, "kl": 0.3 / (e + 1)},
+                   "predicted_ratio": ratio(0.1 + 0.02 * e), "loss_prior": None},
+         "monitoring_dice": {n: 0.5 + 0.1 * e for n in names[1:]} if labels else None}
+        for e in range(epochs)])
 
 
 # ------------------------------------------------------------------------------------------------------ tables
 
 
 def test_rows_one_per_shift_and_method_in_method_order():
-    rows = report.results_table_rows(_results())
+    rows = tables.results_table_rows(_results())
     assert [(r["shift"], r["method"]) for r in rows] == [
         ("default", "source_only"), ("default", "entropy_only"), ("default", "tent"), ("default", "adami"),
         ("default", "adami_per_sample"), ("default", "oracle"),
@@ -90,12 +88,12 @@ def test_rows_one_per_shift_and_method_in_method_order():
 def test_rows_without_shifts_use_the_default_methods():
     results = _results()
     del results["shifts"]
-    rows = report.results_table_rows(results)
+    rows = tables.results_table_rows(results)
     assert {r["shift"] for r in rows} == {"default"} and len(rows) == 6
 
 
 def test_write_tables_markdown(tmp_path):
-    md, csv_path = report.write_tables(_results(), tmp_path / "out")
+    md, csv_path = tables.write_tables(_results(), tmp_path / "out")
     assert md == tmp_path / "out" / "results.md" and csv_path == tmp_path / "out" / "results.csv"
     text = md.read_text(encoding="utf-8")
     assert "preset `quick`" in text and "configuration `2d`" in text and "test machine, 2 CPUs" in text
@@ -126,7 +124,7 @@ def test_write_tables_markdown(tmp_path):
 
 def test_write_tables_csv_parses_back(tmp_path):
     results = _results()
-    _, csv_path = report.write_tables(results, tmp_path)
+    _, csv_path = tables.write_tables(results, tmp_path)
     with csv_path.open(newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == 9
@@ -153,7 +151,7 @@ def test_tables_with_two_classes_and_partial_distances(tmp_path):
     entry["dice_per_class"]["lesion"] = {"mean": 0.4, "sd": None}
     entry["assd_mm"]["lesion"] = {"mean": 3.0, "sd": 0.0, "n": 4}
     entry["hd95_mm"]["lesion"] = {"mean": None, "sd": None, "n": 0}
-    md, csv_path = report.write_tables(results, tmp_path)
+    md, csv_path = tables.write_tables(results, tmp_path)
     line = next(l for l in md.read_text(encoding="utf-8").splitlines() if l.startswith("| adami |") and "0.750" in l)
     assert "organ 0.750 ± 0.100; lesion 0.400" in line
     assert "lesion 3.000 (n=4/6)" in line and "lesion –" in line
@@ -168,35 +166,88 @@ def test_tables_with_two_classes_and_partial_distances(tmp_path):
 # ----------------------------------------------------------------------------------------------------- figures
 
 
-def test_method_bars(tmp_path):
-    path = report.plot_method_bars(_results(), tmp_path / "bars.png")
-    assert path == tmp_path / "bars.png"
-    _check_png(path)
+def _bar_containers(ax):
+    from matplotlib.container import BarContainer
+
+    return [c for c in ax.containers if isinstance(c, BarContainer)]
+
+
+def _bars(fig) -> dict[str, tuple[float, float]]:
+    """``{"<shift>/<method>": (x, height)}`` of the bars in the figure's one axes."""
+    return {c.get_label(): (c.patches[0].get_x() + c.patches[0].get_width() / 2, c.patches[0].get_height())
+            for c in _bar_containers(fig.axes[0])}
+
+
+def test_method_bars_draw_one_bar_per_result_in_method_order():
+    fig = figures.draw_method_bars(_results())
+    bars = _bars(fig)
+    assert {k: h for k, (_, h) in bars.items()} == pytest.approx({
+        "default/source_only": 0.61, "default/entropy_only": 0.7, "default/adami": 0.88,
+        "default/adami_per_sample": 0.88, "default/oracle": 0.9177,
+        "blur/source_only": 0.5, "blur/adami": 0.75, "blur/oracle": 0.9})  # tent failed: no bar
+    default = [k for k in bars if k.startswith("default/")]
+    assert sorted(default, key=lambda k: bars[k][0]) == default  # left to right in METHODS order
+    assert max(x for k, (x, _) in bars.items() if k.startswith("default/")) < min(
+        x for k, (x, _) in bars.items() if k.startswith("blur/"))  # shifts in run order
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["default\n(default)", "blur"]
+    assert any(t.get_text() == "n/a" for t in ax.texts)  # the failed method's gap is marked
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "tent (no Dice: failed)" in legend and "adami_per_sample (same run as adami)" in legend
+    hatched = [c.get_label() for c in _bar_containers(ax) if c.patches[0].get_hatch()]
+    assert hatched == ["default/adami_per_sample"]
+    # dashed reference lines at source_only and oracle of each group
+    levels = sorted(round(float(seg[0][1]), 4) for coll in ax.collections for seg in coll.get_segments()
+                    if seg[0][1] == seg[1][1] and seg[1][0] - seg[0][0] == pytest.approx(0.9))  # not error bars
+    assert levels == [0.5, 0.61, 0.9, 0.9177]
 
 
 def test_method_bars_single_shift_and_all_failed(tmp_path):
     results = _results()
     del results["shifts"]
-    _check_png(report.plot_method_bars(results, tmp_path / "one.png"))
+    fig = figures.draw_method_bars(results)
+    assert len(_bars(fig)) == 5 and all(k.startswith("default/") for k in _bars(fig))
     failed = {"preset": "micro", "shift": "default", "configuration": "2d",
               "methods": {"source_only": {"dice": None, "error": "boom"}}}
-    _check_png(report.plot_method_bars(failed, tmp_path / "failed.png"))
+    path = figures.plot_method_bars(failed, tmp_path / "failed.png")
+    assert path.read_bytes()[:8] == PNG_MAGIC
+    assert _bars(figures.draw_method_bars(failed)) == {}
 
 
-def test_adaptation_curves(tmp_path):
-    histories = {"adami": _history(), "entropy_only": _history(epochs=5), "tent": _history(epochs=3, classes=2)}
-    _check_png(report.plot_adaptation_curves(histories, tmp_path / "curves.png", title="shift: default"))
+def _lines(ax) -> dict[str, np.ndarray]:
+    return {line.get_label(): np.asarray(line.get_ydata(), dtype=float) for line in ax.get_lines()}
 
 
-def test_adaptation_curves_without_labels(tmp_path):
-    history = _history(labels=False)
-    assert all(math.isnan(v) for d in history["epochs"]["monitoring_dice"] for v in d)
-    _check_png(report.plot_adaptation_curves({"adami": history}, tmp_path / "nolabels.png"))
-    # a half-written history (missing keys, an epoch without outputs) still draws
-    partial = copy.deepcopy(_history())
-    partial["epochs"]["train_predicted_ratio"][1] = []
-    del partial["epochs"]["train_kl"]
-    _check_png(report.plot_adaptation_curves({"adami": partial}, tmp_path / "partial.png"))
+def test_adaptation_curves_draw_each_series_of_the_histories(tmp_path):
+    histories = {"tent": _history(epochs=3, classes=2), "adami": _history(), "entropy_only": _history(epochs=5)}
+    fig = figures.draw_adaptation_curves(histories, title="shift: default")
+    ax_ent, ax_kl, ax_ratio, ax_dice = fig.axes
+    e5 = np.arange(5)
+    entropy = _lines(ax_ent)
+    assert list(entropy) == ["entropy_only", "tent", "adami"]  # METHODS order
+    np.testing.assert_allclose(entropy["entropy_only"], 0.5 - 0.1 * e5)
+    np.testing.assert_allclose(_lines(ax_kl)["adami"], 0.3 / (np.arange(4) + 1))
+    ratio = _lines(ax_ratio)
+    np.testing.assert_allclose(ratio["adami predicted"], 0.1 + 0.02 * np.arange(4))
+    np.testing.assert_allclose(ratio["tent predicted"], 2 * (0.1 + 0.02 * np.arange(3)))  # both foreground classes
+    np.testing.assert_allclose(ratio["adami prior"], [0.1, 0.1])  # a horizontal line at the prior
+    np.testing.assert_allclose(ratio["tent prior"], [0.1, 0.1])
+    np.testing.assert_allclose(_lines(ax_dice)["entropy_only"], 0.5 + 0.1 * e5)
+    assert fig._suptitle.get_text() == "shift: default"
+    path = figures.plot_adaptation_curves(histories, tmp_path / "curves.png")
+    assert path.read_bytes()[:8] == PNG_MAGIC
+
+
+def test_adaptation_curves_without_labels_say_so():
+    fig = figures.draw_adaptation_curves({"adami": _history(labels=False)})
+    ax_dice = fig.axes[3]
+    assert ax_dice.get_lines() == [] and any("no labels" in t.get_text() for t in ax_dice.texts)
+    assert np.isnan(figures.curve_series(_history(labels=False))["monitoring_dice"]).all()
+    # a trainer without a KL term (entropy only) draws NaN there, not a made-up number
+    history = _history()
+    no_kl = history.model_copy(update={"epochs": [e.model_copy(update={"train": e.train.model_copy(
+        update={"terms": {"loss": 1.0, "entropy": 0.3}})}) for e in history.epochs]})
+    assert np.isnan(figures.curve_series(no_kl)["kl"]).all()
 
 
 def test_largest_foreground_slice():
@@ -204,24 +255,24 @@ def test_largest_foreground_slice():
     label[1, 2:4, 2:4] = 1  # 4 voxels
     label[3, 1:6, 1:6] = 2  # 25 voxels
     label[4, 0:4, 0:4] = 1  # 16 voxels
-    assert report.largest_foreground_slice(label) == 3
-    assert report.largest_foreground_slice(np.zeros((6, 4, 4))) == 3  # no foreground: the middle slice
+    assert figures.largest_foreground_slice(label) == 3
+    assert figures.largest_foreground_slice(np.zeros((6, 4, 4))) == 3  # no foreground: the middle slice
     label[0, :5, :5] = 1  # a tie (25 voxels): the first
-    assert report.largest_foreground_slice(label) == 0
+    assert figures.largest_foreground_slice(label) == 0
 
 
 def test_slice_dice():
     g = np.zeros((6, 6), np.uint8)
     p = np.zeros_like(g)
-    assert report.slice_dice(p, g) == 1.0
+    assert figures.slice_dice(p, g) == 1.0
     g[0:2, 0:4] = 1  # 8
     p[0:2, 2:6] = 1  # 8, overlap 4
-    assert report.slice_dice(p, g) == pytest.approx(0.5)
+    assert figures.slice_dice(p, g) == pytest.approx(0.5)
     p[5, 5] = 2  # a class only in the prediction: Dice 0
-    assert report.slice_dice(p, g) == pytest.approx(0.25)
+    assert figures.slice_dice(p, g) == pytest.approx(0.25)
 
 
-def test_plot_examples(tmp_path):
+def test_examples_show_the_largest_slice_and_each_prediction_with_its_dice(tmp_path):
     rng = np.random.default_rng(1)
     image = rng.normal(0, 1, (5, 32, 40)).astype(np.float32)
     truth = np.zeros((5, 32, 40), np.uint8)
@@ -229,13 +280,19 @@ def test_plot_examples(tmp_path):
     truth[2, 5:25, 8:30] = 1
     truth[2, 12:16, 12:16] = 2
     image[truth > 0] += 3
-    good = truth.copy()
     shifted = np.roll(truth, 3, axis=2)
-    preds = {"source_only": np.zeros_like(truth), "adami": shifted, "oracle": good}
-    path = report.plot_examples(image, truth, preds, tmp_path / "examples.png", title="shift default, case_000")
-    _check_png(path)
-    _check_png(report.plot_examples(image, truth, {}, tmp_path / "only_truth.png", slice_index=4), min_side=150)
+    preds = {"source_only": np.zeros_like(truth), "adami": shifted, "oracle": truth.copy()}
+    fig = figures.draw_examples(image, truth, preds, title="shift default, case_000")
+    expected = figures.slice_dice(shifted[2], truth[2])
+    assert 0 < expected < 1
+    assert [ax.get_title() for ax in fig.axes] == [
+        "image", "ground truth", "source_only\nDice on slice 0.000", f"adami\nDice on slice {expected:.3f}",
+        "oracle\nDice on slice 1.000"]
+    assert fig._suptitle.get_text() == "shift default, case_000  (slice 2)"
+    np.testing.assert_array_equal(fig.axes[0].get_images()[0].get_array(), image[2])  # the slice shown
+    path = figures.plot_examples(image, truth, {}, tmp_path / "only_truth.png", slice_index=4)
+    assert path.read_bytes()[:8] == PNG_MAGIC
     with pytest.raises(ValueError):
-        report.plot_examples(image, truth, {"bad": truth[:, :10]}, tmp_path / "bad.png")
+        figures.draw_examples(image, truth, {"bad": truth[:, :10]})
     with pytest.raises(ValueError):
-        report.plot_examples(image, truth, preds, tmp_path / "bad.png", slice_index=9)
+        figures.draw_examples(image, truth, preds, slice_index=9)

@@ -1,0 +1,54 @@
+"""The benchmark's methods, in their one canonical order (runs, tables, figures and colours all follow it)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+#: the supervised trainer of the source model and the oracle: nnU-Net's trainer with a budget set by
+#: ``nnUNet_sfda_num_epochs`` / ``nnUNet_sfda_iterations_per_epoch``
+SOURCE_TRAINER = "nnUNetTrainer_sfdaShort"
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    trainer: str | None  # None: no training (source_only)
+    description: str
+    prior: Literal["estimate", "true_size", "none"] = "estimate"
+    #: the prior mode this method's trainer fixes; ``adami`` (the default mode) is not rerun when it picks the same
+    prior_mode: Literal["per_sample", "batch_marginal"] | None = None
+
+
+METHODS: dict[str, Method] = {m.name: m for m in (
+    Method("source_only", None, "the source model applied as is", prior="none"),
+    Method("entropy_only", "nnUNetTrainerSFDA_entropyOnly", "entropy alone (λ = 0)"),
+    Method("tent", "nnUNetTrainerSFDA_tent", "entropy on the normalisation layers' affine parameters"),
+    Method("adami", "nnUNetTrainerSFDA", "AdaMI, default mode, estimated prior"),
+    Method("adami_per_sample", "nnUNetTrainerSFDA_perSample", "AdaMI, per-sample prior", prior_mode="per_sample"),
+    Method("adami_batch_marginal", "nnUNetTrainerSFDA_batchMarginal", "AdaMI, batch-marginal prior",
+           prior_mode="batch_marginal"),
+    Method("adami_true_size", "nnUNetTrainerSFDA_trueSize", "AdaMI with the true target ratios (upper bound)",
+           prior="true_size"),
+    Method("oracle", SOURCE_TRAINER, "supervised on the labelled target training cases (upper bound)", prior="none"),
+)}
+
+
+def parse_methods(text: str | None) -> list[str]:
+    """``"adami,oracle"`` → the methods in canonical order; None → all. Unknown names list the known ones."""
+    if text is None or text == "all":
+        return list(METHODS)
+    wanted = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = [m for m in wanted if m not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown method{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; known: "
+                         f"{', '.join(METHODS)}")
+    return [m for m in METHODS if m in wanted]
+
+
+def ordered_methods(names) -> list[str]:
+    """``names`` in the canonical order; names that are no method of :data:`METHODS` follow in their own order."""
+    names = list(names)
+    return [m for m in METHODS if m in names] + [m for m in names if m not in METHODS]
+
+
+__all__ = ["METHODS", "Method", "SOURCE_TRAINER", "ordered_methods", "parse_methods"]

@@ -1,0 +1,3 @@
+from nnunet_sfda.benchmark.phantom.cli import main
+
+main()

@@ -1,0 +1,193 @@
+"""Label-free measures of one case, the flags they raise and the recommendation rule: pure numpy, no nnU-Net.
+
+Inputs are the label maps that the source and the adapted model predict for one case (and, for the score, their
+predictions on the case flipped along one in-plane axis, mapped back). Everything here is measured without labels:
+
+- **volume** of each foreground class in mL: voxel count × voxel volume (from the image spacing);
+- **plausible range** of that volume in mL, where the prior can state one (:func:`plausible_range_ml`);
+- **agreement Dice** between the source and the adapted prediction, per class (:func:`nnunet_sfda.metrics.dice`);
+- **flip agreement** of each model: the mean foreground Dice between its prediction and its prediction on the
+  flipped image, flipped back. A cheap test-time-augmentation consistency: a model that segments the anatomy and
+  not the noise gives (nearly) the same answer on a mirrored scan; a collapsed or unstable one does not.
+
+The recommendation rule (:func:`recommend`) and its thresholds (module constants) are documented in
+``docs/report.md``. The thresholds are first guesses; they are to be tuned on the benchmark's development seed.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from nnunet_sfda.metrics import LabelValue, case_metrics, foreground_labels
+from nnunet_sfda.priors import ClassRatioPrior
+
+Recommendation = Literal["adapted", "source", "review"]
+RECOMMENDATIONS: tuple[Recommendation, ...] = ("adapted", "source", "review")
+
+#: a class whose adapted volume is this many times the source's (or 1/this) is flagged as grown (shrunk)
+VOLUME_CHANGE_FLAG = 2.0
+#: source and adapted "disagree" below this mean foreground Dice between their predictions
+DISAGREEMENT_DICE = 0.5
+#: the adapted prediction is "unstable" below this flip agreement
+FLIP_AGREEMENT_MIN = 0.8
+#: the source is "clearly more consistent" when its flip agreement exceeds the adapted one's by more than this
+FLIP_MARGIN = 0.1
+
+Range = tuple[float, float]
+
+
+def plausible_range_ml(prior: ClassRatioPrior | None, fov_ml: float) -> dict[str, Range | None]:
+    """The plausible volume range (low, high) in mL of each foreground class in one case, from the prior.
+
+    Prior format version 1 states no per-structure volume range; its optional ``lower``/``upper`` ratio bounds
+    (one dataset-wide envelope, filled by the volume estimators) times the case's field of view (``fov_ml``: the
+    image cropped to its non-zero region, the prior's frame) give one. A missing side is 0 or infinity; a class
+    without either bound, or no prior, gives ``None`` (no range known).
+    """
+    if prior is None:
+        return {}
+    ranges: dict[str, Range | None] = {}
+    for name in prior.labels[1:]:
+        low = (prior.lower or {}).get(name)
+        high = (prior.upper or {}).get(name)
+        ranges[name] = None if low is None and high is None else (
+            0.0 if low is None else float(low) * fov_ml, math.inf if high is None else float(high) * fov_ml)
+    return ranges
+
+
+@dataclass(frozen=True)
+class ClassMeasures:
+    """One foreground class of one case."""
+
+    source_ml: float
+    adapted_ml: float
+    plausible_ml: Range | None
+    agreement_dice: float  # source vs adapted
+
+    def outside_range(self, model: Literal["source", "adapted"]) -> bool:
+        if self.plausible_ml is None:
+            return False
+        volume = self.source_ml if model == "source" else self.adapted_ml
+        return not self.plausible_ml[0] <= volume <= self.plausible_ml[1]
+
+    def implausible(self, model: Literal["source", "adapted"]) -> bool:
+        """Outside the plausible range where one is known; else empty while the other model finds the class."""
+        if self.plausible_ml is not None:
+            return self.outside_range(model)
+        mine, other = (self.source_ml, self.adapted_ml) if model == "source" else (self.adapted_ml, self.source_ml)
+        return mine == 0 and other > 0
+
+
+@dataclass(frozen=True)
+class CaseMeasures:
+    """The label-free measures of one case (see the module docstring)."""
+
+    case: str
+    classes: dict[str, ClassMeasures]
+    flip_agreement_source: float
+    flip_agreement_adapted: float
+
+    @property
+    def agreement_dice(self) -> float:
+        """Mean over the foreground classes of the source-vs-adapted Dice."""
+        return float(np.mean([c.agreement_dice for c in self.classes.values()]))
+
+    def implausible(self, model: Literal["source", "adapted"]) -> list[str]:
+        return [name for name, c in self.classes.items() if c.implausible(model)]
+
+
+def class_volumes_ml(seg: np.ndarray, labels: Mapping[str, LabelValue], voxel_ml: float) -> dict[str, float]:
+    """Volume in mL of each foreground class of a label map."""
+    return {name: int(np.count_nonzero(np.isin(seg, value))) * voxel_ml
+            for name, value in foreground_labels(labels).items()}
+
+
+def _dice_per_class(a: np.ndarray, b: np.ndarray, labels: Mapping[str, LabelValue]) -> dict[str, float]:
+    # the one Dice (metrics.py); spacing does not enter the Dice
+    return case_metrics(a, b, [1.0] * a.ndim, labels, distances=False).dice
+
+
+def flip_agreement(seg: np.ndarray, seg_of_flipped_back: np.ndarray, labels: Mapping[str, LabelValue]) -> float:
+    """Mean foreground Dice between a prediction and the prediction of the flipped image, flipped back."""
+    return float(np.mean(list(_dice_per_class(seg, seg_of_flipped_back, labels).values())))
+
+
+def measure_case(case: str, source: np.ndarray, adapted: np.ndarray, source_flipped_back: np.ndarray,
+                 adapted_flipped_back: np.ndarray, labels: Mapping[str, LabelValue], voxel_ml: float,
+                 plausible: Mapping[str, Range | None]) -> CaseMeasures:
+    """The measures of one case from the four predictions (label maps of one shape)."""
+    source_ml = class_volumes_ml(source, labels, voxel_ml)
+    adapted_ml = class_volumes_ml(adapted, labels, voxel_ml)
+    agreement = _dice_per_class(adapted, source, labels)
+    classes = {name: ClassMeasures(source_ml[name], adapted_ml[name], plausible.get(name), agreement[name])
+               for name in foreground_labels(labels)}
+    return CaseMeasures(case, classes, flip_agreement(source, source_flipped_back, labels),
+                        flip_agreement(adapted, adapted_flipped_back, labels))
+
+
+def _range_text(r: Range) -> str:
+    return f"{r[0]:.3g}–{r[1]:.3g} mL" if math.isfinite(r[1]) else f"≥ {r[0]:.3g} mL"
+
+
+def _volume_flags(name: str, c: ClassMeasures) -> list[str]:
+    if c.source_ml == 0 or c.adapted_ml == 0:
+        if c.source_ml == c.adapted_ml:
+            return [f"empty prediction for {name} (source and adapted)"]
+        empty, other, volume = ("adapted", "source", c.source_ml) if c.adapted_ml == 0 else \
+            ("source", "adapted", c.adapted_ml)
+        return [f"empty prediction for {name} ({empty}; {other} {volume:.3g} mL)"]
+    factor = c.adapted_ml / c.source_ml
+    change = (f"grew {factor:.1f}×" if factor >= VOLUME_CHANGE_FLAG else
+              f"shrank to {factor:.2f}×" if factor <= 1 / VOLUME_CHANGE_FLAG else None)
+    flags = []
+    if c.outside_range("adapted"):
+        where = "left" if not c.outside_range("source") else "is outside (as the source was)"
+        flags.append(f"{name} {change + ' and ' if change else ''}{where} the plausible range "
+                     f"({c.adapted_ml:.3g} mL; {_range_text(c.plausible_ml)})")
+    elif change:
+        flags.append(f"{name} {change} ({c.source_ml:.3g} → {c.adapted_ml:.3g} mL)")
+    if c.outside_range("source") and not c.outside_range("adapted"):
+        flags.append(f"{name}: source outside the plausible range ({c.source_ml:.3g} mL; "
+                     f"{_range_text(c.plausible_ml)}), adapted inside")
+    return flags
+
+
+def case_flags(m: CaseMeasures) -> list[str]:
+    """What is unusual about a case, in words (empty: nothing)."""
+    flags = [flag for name, c in m.classes.items() for flag in _volume_flags(name, c)]
+    if m.agreement_dice < DISAGREEMENT_DICE:
+        flags.append(f"source and adapted disagree (Dice {m.agreement_dice:.2f})")
+    if m.flip_agreement_adapted < FLIP_AGREEMENT_MIN:
+        flags.append(f"adapted unstable under a flip (agreement {m.flip_agreement_adapted:.2f})")
+    if m.flip_agreement_source - m.flip_agreement_adapted > FLIP_MARGIN:
+        flags.append(f"source more consistent under a flip ({m.flip_agreement_source:.2f} vs "
+                     f"{m.flip_agreement_adapted:.2f})")
+    return flags
+
+
+def recommend(m: CaseMeasures) -> Recommendation:
+    """Which prediction to use for this case, by the first rule that applies (see docs/report.md):
+
+    1. the adapted prediction is implausible for some class (outside its plausible range; without a range: empty
+       where the source finds the class) → ``source`` if the source is plausible for every class, else ``review``;
+    2. the source is clearly more consistent under a flip (by more than :data:`FLIP_MARGIN`) and plausible →
+       ``source``;
+    3. the adapted prediction is unstable under a flip (below :data:`FLIP_AGREEMENT_MIN`) → ``review``;
+    4. source and adapted disagree (below :data:`DISAGREEMENT_DICE`) while the source is plausible → ``review``
+       (with an implausible source, disagreeing with it is what adaptation is for);
+    5. otherwise → ``adapted``.
+    """
+    source_plausible = not m.implausible("source")
+    if m.implausible("adapted"):
+        return "source" if source_plausible else "review"
+    if m.flip_agreement_source - m.flip_agreement_adapted > FLIP_MARGIN and source_plausible:
+        return "source"
+    if m.flip_agreement_adapted < FLIP_AGREEMENT_MIN:
+        return "review"
+    if m.agreement_dice < DISAGREEMENT_DICE and source_plausible:
+        return "review"
+    return "adapted"

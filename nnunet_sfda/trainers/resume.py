@@ -1,0 +1,71 @@
+"""What a run needs to be continued exactly (``nnUNetv2_train ... --c``) and never saved broken.
+
+A checkpoint of an SFDA trainer carries, under :data:`RESUME_KEY`, the typed history, the effective settings and
+the random-number states (python, numpy, torch) at the end of the epoch it was written after. nnU-Net's loader draws
+from numpy's global state, so with ``nnUNet_n_proc_DA=0`` a run resumed from such a checkpoint draws the same patches
+as one that was never interrupted. (With data-augmentation workers the patches come from the workers' own states
+and differ; the run still resumes, only not bit-identically.)
+"""
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+RESUME_KEY = "nnunet_sfda"
+RESUME_STATE_VERSION = 1
+
+
+class NonFiniteTrainingError(RuntimeError):
+    """The float32 loss or the network weights became NaN or infinite: training stops, no checkpoint is written."""
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch: nnU-Net's loader draws from numpy's global state, augmentation from torch."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def rng_states() -> dict[str, Any]:
+    states = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["torch_cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def restore_rng_states(states: dict[str, Any]) -> None:
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.set_rng_state(states["torch"])
+    if "torch_cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["torch_cuda"])
+
+
+def non_finite_weights(state_dict: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors holding a NaN or infinite value (one device sync for all of them)."""
+    names = [k for k, v in state_dict.items() if torch.is_floating_point(v)]
+    if not names:
+        return []
+    finite = torch.stack([torch.isfinite(state_dict[k]).all() for k in names]).cpu().tolist()
+    return [k for k, ok in zip(names, finite) if not ok]
+
+
+def save_atomically(content: dict, path: str | os.PathLike) -> None:
+    """``torch.save`` beside ``path``, fsync, then replace: an interrupted write never leaves a truncated checkpoint
+    where ``--c`` would look for one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            torch.save(content, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
