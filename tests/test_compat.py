@@ -1,7 +1,7 @@
 """Works with what nnU-Net users run today: the residual-encoder preset, two modalities, three classes, cascades.
 
-One pipeline through the stock commands covers the three compatibility cases at once (each pipeline costs about a
-minute here): ``nnUNetPlannerResEncM`` plans (``-p nnUNetResEncUNetMPlans`` everywhere), a T1 + T2 input and
+One pipeline through the stock commands covers the three compatibility cases at once (a pipeline costs about two
+minutes of CPU time here): ``nnUNetPlannerResEncM`` plans (``-p nnUNetResEncUNetMPlans`` everywhere), a T1 + T2 input and
 background + two nested structures. A cascade configuration must be refused before anything is written.
 """
 from __future__ import annotations

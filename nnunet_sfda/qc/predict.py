@@ -66,6 +66,13 @@ def channel_files(folder: Path, file_ending: str, num_channels: int,
     return out
 
 
+def image_reader(plans: dict) -> Any:
+    """The image reader nnU-Net's predictor uses for these plans (``image_reader_writer``)."""
+    from nnunetv2.imageio.reader_writer_registry import recursive_find_reader_writer_by_name
+
+    return recursive_find_reader_writer_by_name(plans["image_reader_writer"])()
+
+
 def read_image(reader: Any, files: Sequence[Path]) -> tuple[np.ndarray, dict]:
     """An image (channels, *spatial) and its properties, as nnU-Net reads it; an unreadable file named."""
     try:
@@ -132,17 +139,14 @@ class ModelPredictor:
             self.predictor = nnUNetPredictor(use_mirroring=False, perform_everything_on_device=torch_device.type == "cuda",
                                              device=torch_device, allow_tqdm=False)
         try:
-            self.predictor.initialize_from_trained_model_folder(str(model_folder), use_folds=(fold,),
-                                                                checkpoint_name=checkpoint_name)
+            with contextlib.redirect_stdout(io.StringIO()):  # the trainer search narrates every folder it tries
+                self.predictor.initialize_from_trained_model_folder(str(model_folder), use_folds=(fold,),
+                                                                    checkpoint_name=checkpoint_name)
         except RuntimeError as e:  # "Could not find requested nnunet trainer ..." (nnUNet_extTrainer not set)
             raise RuntimeError(f"{checkpoint}: {str(e).strip().splitlines()[0]} (nnUNet_extTrainer="
                                f"{os.environ.get('nnUNet_extTrainer', '')!r}; reinstall nnunet-sfda "
                                "so its .pth file sets it)") from None
         self.checkpoint = checkpoint
-
-    @property
-    def reader(self) -> Any:
-        return self.predictor.plans_manager.image_reader_writer_class()
 
     @property
     def flip_axis(self) -> int:

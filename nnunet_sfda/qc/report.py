@@ -11,9 +11,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from nnunet_sfda.metrics import case_metrics
 from nnunet_sfda.prepared import (
     DEFAULT_CHECKPOINT,
+    load_json,
     prepared_dataset_json,
     preprocessed_dataset_folder,
     read_source_checkpoint,
@@ -22,7 +25,8 @@ from nnunet_sfda.prepared import (
 from nnunet_sfda.priors import PRIOR_FILE_NAME, ClassRatioPrior, check_prior_labels, load_prior
 from nnunet_sfda.qc import case_checks
 from nnunet_sfda.qc.case_checks import case_flags, measure_case, plausible_range_ml, recommend
-from nnunet_sfda.qc.predict import ModelPredictor, channel_files, field_of_view_ml, read_image, read_labels, voxel_ml
+from nnunet_sfda.qc.predict import (CaseFiles, ModelPredictor, channel_files, field_of_view_ml, image_reader, read_image,
+                                    read_labels, voxel_ml)
 from nnunet_sfda.qc.report_file import ClassRow, CaseRow, QCReport
 from nnunet_sfda.qc.write import (CaseSlices, check_output_folder, figure_cases, middle_slice, staged_output_folder,
                                   write_report)
@@ -100,18 +104,25 @@ def make_report(dataset: str, configuration: str, trainer: str, plans: str | Non
     cases = channel_files(images_folder, file_ending, len(dataset_json["channel_names"]),
                           cases=None if images is not None else source.cases)
 
+    reader = image_reader(load_json(preprocessed / f"{source.plans_identifier}.json", "the prepared plans"))
+
+    def inputs(files: CaseFiles) -> tuple[np.ndarray, dict, np.ndarray | None]:
+        image, properties = read_image(reader, files.images)
+        truth = None if labels_folder is None else read_labels(
+            reader, labels_folder / f"{files.case}{file_ending}", tuple(image.shape[1:]), properties["spacing"],
+            label_values)
+        return image, properties, truth
+
+    for files in cases:  # every input checked before minutes of prediction
+        inputs(files)
     log(f"source:  {source.checkpoint}")
     log(f"adapted: {adapted_checkpoint}")
     source_model = ModelPredictor(Path(source.model_folder), source.fold, Path(source.checkpoint).name, device)
     adapted_model = ModelPredictor(run_folder, ADAPTED_FOLD, DEFAULT_CHECKPOINT, device)
-    reader = adapted_model.reader
 
     rows, slices = [], {}
     for number, files in enumerate(cases, 1):
-        image, properties = read_image(reader, files.images)
-        spatial_shape = tuple(image.shape[1:])
-        truth = None if labels_folder is None else read_labels(
-            reader, labels_folder / f"{files.case}{file_ending}", spatial_shape, properties["spacing"], label_values)
+        image, properties, truth = inputs(files)
         src, src_flipped = source_model.predict(image, properties)
         ada, ada_flipped = adapted_model.predict(image, properties)
         plausible = plausible_range_ml(prior, field_of_view_ml(image, properties))
