@@ -10,18 +10,19 @@ import json
 import os
 import secrets
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Callable
 
 
 class FileContentError(ValueError):
     """A file exists but its content is not what it should be; the message names the file."""
 
 
-def atomic_write_text(path: str | os.PathLike, text: str, overwrite: bool = True) -> Path:
-    """Write ``text`` to ``path`` atomically (temp file beside it, fsync, ``os.replace``); parents are created.
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None], overwrite: bool = True) -> Path:
+    """Call ``write(fh)`` on a temp file beside ``path``, fsync it, then ``os.replace`` it over ``path``.
 
-    ``overwrite=False`` refuses an existing file with :class:`FileExistsError`. A folder at ``path`` raises
-    :class:`IsADirectoryError` naming it.
+    Parents are created. ``overwrite=False`` refuses an existing file with :class:`FileExistsError`; a folder at
+    ``path`` raises :class:`IsADirectoryError` naming it. An interrupted write removes its temp file and leaves any
+    earlier ``path`` intact.
     """
     path = Path(path)
     if path.is_dir():
@@ -32,8 +33,8 @@ def atomic_write_text(path: str | os.PathLike, text: str, overwrite: bool = True
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -41,6 +42,11 @@ def atomic_write_text(path: str | os.PathLike, text: str, overwrite: bool = True
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str, overwrite: bool = True) -> Path:
+    """:func:`atomic_write` of ``text`` as UTF-8."""
+    return atomic_write(path, lambda fh: fh.write(text.encode("utf-8")), overwrite=overwrite)
 
 
 def atomic_write_json(path: str | os.PathLike, content: Any, overwrite: bool = True, indent: int = 2) -> Path:

@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from nnunet_sfda.files import atomic_write
+
 RESUME_KEY = "nnunet_sfda"
 RESUME_STATE_VERSION = 1
 
@@ -56,16 +58,6 @@ def non_finite_weights(state_dict: dict[str, torch.Tensor]) -> list[str]:
 
 
 def save_atomically(content: dict, path: str | os.PathLike) -> None:
-    """``torch.save`` beside ``path``, fsync, then replace: an interrupted write never leaves a truncated checkpoint
-    where ``--c`` would look for one."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            torch.save(content, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """``torch.save`` through :func:`~nnunet_sfda.files.atomic_write`: an interrupted write never leaves a truncated
+    checkpoint where ``--c`` would look for one."""
+    atomic_write(path, lambda fh: torch.save(content, fh))
