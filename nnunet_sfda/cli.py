@@ -97,7 +97,7 @@ def _report(args: argparse.Namespace) -> None:
 def _demo(args: argparse.Namespace) -> None:
     from nnunet_sfda.benchmark.demo import run_demo
 
-    run_demo(Path(args.o), overwrite=args.overwrite, device=args.device)
+    run_demo(Path(args.o), overwrite=args.overwrite, device=args.device, seed=args.seed)
 
 
 def _benchmark(args: argparse.Namespace) -> None:
@@ -197,15 +197,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-device", default="cpu", help="cpu or cuda")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an earlier demo's working folder (never a folder the demo did not make)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the generated data and of every training run")
     p.set_defaults(func=_demo)
 
     p = sub.add_parser("benchmark", help="generated domain shifts: source-only, baselines, AdaMI and oracle compared",
                        description="Generate a labelled source and shifted targets, run every method through the "
                                    "stock nnU-Net commands, and write results.json/.md/.csv and figures into -o DIR.")
     p.add_argument("-o", required=True, help="output folder (all nnU-Net folders live inside it)")
-    p.add_argument("--preset", default="quick", choices=["micro", "quick", "full"],
-                   help="quick: the default shift in 2d on a CPU (about 17 min on 2 idle cores); full: bigger data for one GPU; "
-                        "micro: a smoke test")
+    from nnunet_sfda.benchmark.presets import PRESETS
+
+    p.add_argument("--preset", default="quick", choices=list(PRESETS),
+                   help="; ".join(f"{preset.name}: {preset.note}" for preset in PRESETS.values()))
     from nnunet_sfda.benchmark.methods import METHODS
 
     p.add_argument("--methods", default=None, help=f"comma-separated subset (default: all): {', '.join(METHODS)}")

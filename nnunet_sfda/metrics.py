@@ -56,8 +56,8 @@ from typing import Any, Union
 
 import numpy as np
 
-__all__ = ["CaseMetrics", "case_metrics", "dice", "evaluate_folder", "folder_mean_foreground_dice",
-           "foreground_labels", "mean_foreground_dice", "read_label_map", "summarize"]
+__all__ = ["CaseMetrics", "LabelMapError", "case_metrics", "check_label_values", "dice", "evaluate_folder",
+           "folder_mean_foreground_dice", "foreground_labels", "mean_foreground_dice", "read_label_map", "summarize"]
 
 LabelValue = Union[int, Sequence[int]]
 
@@ -183,12 +183,35 @@ def case_metrics(pred: np.ndarray, gt: np.ndarray, spacing_mm: Sequence[float], 
     return CaseMetrics(case=case, dice=dices, assd_mm=assd, hd95_mm=hd95)
 
 
+class LabelMapError(ValueError):
+    """A label map cannot be read, or holds values the dataset's labels do not name; the message names the file."""
+
+
 def read_label_map(path: str | Path) -> tuple[np.ndarray, tuple[float, ...]]:
-    """A label image as nnU-Net reads it: array in SimpleITK order (z, y, x), spacing in mm in the same order."""
+    """A label image as nnU-Net reads it: array in SimpleITK order (z, y, x), spacing in mm in the same order.
+
+    An unreadable file (truncated, not an image) raises :class:`LabelMapError` in one line naming it, instead of
+    SimpleITK's multi-line RuntimeError.
+    """
     import SimpleITK as sitk
 
-    img = sitk.ReadImage(str(path))
+    try:
+        img = sitk.ReadImage(str(path))
+    except RuntimeError as err:
+        reason = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+        raise LabelMapError(f"{path}: cannot be read as an image ({reason.strip()})") from None
     return sitk.GetArrayFromImage(img), tuple(float(s) for s in reversed(img.GetSpacing()))
+
+
+def check_label_values(array: np.ndarray, labels: Mapping[str, LabelValue], path: str | Path) -> None:
+    """Raise :class:`LabelMapError` naming ``path`` and the allowed values when ``array`` holds a value that no
+    entry of ``labels`` (a dataset.json-style mapping, ``ignore`` and region lists included) names."""
+    allowed = {int(v) for value in labels.values() for v in np.atleast_1d(value)}
+    unexpected = sorted(int(v) if float(v).is_integer() else float(v)
+                        for v in np.unique(array).tolist() if v not in allowed)
+    if unexpected:
+        raise LabelMapError(f"{path}: label values {unexpected} are not in the dataset's labels "
+                            f"({', '.join(f'{k}={v}' for k, v in labels.items())})")
 
 
 def evaluate_folder(pred_dir: Path, gt_dir: Path, labels: Mapping[str, LabelValue], file_ending: str = ".nii.gz",

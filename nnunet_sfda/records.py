@@ -1,8 +1,10 @@
 """The records an adaptation run leaves in its output folder, as versioned, strict file models.
 
 - ``sfda_history.json`` (:class:`RunHistory`): per epoch, the named loss terms of training and label-free
-  validation, the predicted class ratio, the prior the loss compared it with, named label-free scores and the
-  monitoring Dice. Read it only through :func:`load_history`.
+  validation, the predicted class ratio, the prior the loss compared it with, named label-free scores (with the
+  classes found outside their plausible range) and the monitoring Dice; the label-free scores of the source model
+  before training (``source``), and the label-free checkpoint choice so far (``choice``, :class:`CheckpointChoice`).
+  Read it only through :func:`load_history`.
 - ``sfda_settings.json`` (:class:`RunSettings`): the effective settings the run trained with (trainer class, seed,
   λ, learning rate, optimizer, epochs, iterations, the prior file and its sha256, prior mode, package versions), so a
   results folder says how it was made. Read it through :func:`load_run_settings`.
@@ -35,7 +37,7 @@ HISTORY_FILE_NAME = "sfda_history.json"
 SETTINGS_FILE_NAME = "sfda_settings.json"
 HISTORY_FORMAT = "nnunet-sfda-history"
 SETTINGS_FORMAT = "nnunet-sfda-settings"
-HISTORY_FORMAT_VERSION = 1
+HISTORY_FORMAT_VERSION = 2  # 2: the source's scores, implausible classes per epoch, the checkpoint choice
 SETTINGS_FORMAT_VERSION = 1
 
 #: the one-line instruction for a history that cannot be read or migrated
@@ -71,20 +73,52 @@ class EpochRecord(_Strict):
     epoch: int = Field(ge=0)
     train: PhaseRecord
     val: PhaseRecord | None = Field(description="null when the run had no validation iterations")
-    label_free_scores: dict[str, float] = Field(default_factory=dict)
+    label_free_scores: dict[str, float] = Field(
+        default_factory=dict, description="named scores of the weights after this epoch on the fixed label-free "
+                                          "scoring patches (see nnunet_sfda.label_free); empty when none were scored")
+    implausible_classes: list[str] = Field(
+        default_factory=list, description="foreground classes whose predicted ratio on the scoring patches lay "
+                                          "outside their plausible range")
     monitoring_dice: dict[str, float] | None = Field(
         description="foreground class -> monitoring Dice (see the module docstring); null without target labels")
+
+
+class SourceRecord(_Strict):
+    """The source model, before training: the first candidate of the label-free choice ("adaptation did not help"
+    is a valid answer), scored on the same patches as every epoch."""
+
+    label_free_scores: dict[str, float]
+    implausible_classes: list[str] = Field(default_factory=list)
+
+
+#: how the source is named where an epoch number could stand (``CheckpointChoice.chosen``)
+SOURCE = "source"
+Candidate = int | Literal["source"]
+
+
+class CheckpointChoice(_Strict):
+    """The label-free choice among the source and the epochs scored so far (``checkpoint_final.pth`` holds it)."""
+
+    chosen: Candidate = Field(description="'source' (the weights before training) or the epoch after which")
+    reason: str
+    collapse_at: int | None = Field(description="the first epoch the collapse guard excluded; null: no collapse")
+    collapse_reason: str | None
+    rule: str = Field(description="the rule and its constants, in words")
 
 
 class RunHistory(_Strict):
     """``sfda_history.json``: what each epoch of an adaptation run measured."""
 
     format: Literal["nnunet-sfda-history"] = HISTORY_FORMAT
-    format_version: Literal[1] = HISTORY_FORMAT_VERSION
+    format_version: Literal[2] = HISTORY_FORMAT_VERSION
     trainer: str
     labels: list[str] = Field(min_length=2)
     dataset_prior: dict[str, float] = Field(description="the prior file's dataset ratio, for reference")
+    source: SourceRecord | None = Field(
+        default=None, description="label-free scores of the source model before training; null when the run "
+                                  "scored nothing (no validation iterations) or for a history of format version 1")
     epochs: list[EpochRecord] = Field(default_factory=list)
+    choice: CheckpointChoice | None = Field(default=None, description="null until a choice is made")
 
     @model_validator(mode="after")
     def _classes_match_labels(self) -> RunHistory:
@@ -98,11 +132,33 @@ class RunHistory(_Strict):
                     _check_keys(phase.predicted_ratio, self.labels, f"epochs.{i}.{phase_name}.predicted_ratio")
                     _check_keys(phase.loss_prior, self.labels, f"epochs.{i}.{phase_name}.loss_prior")
             _check_keys(epoch.monitoring_dice, self.labels[1:], f"epochs.{i}.monitoring_dice")
+        records = ([("source", self.source)] if self.source else []) + [
+            (f"epochs.{i}", e) for i, e in enumerate(self.epochs)]
+        for where, record in records:
+            unknown = [c for c in record.implausible_classes if c not in self.labels[1:]]
+            if unknown:
+                raise ValueError(f"{where}.implausible_classes names {unknown}, not foreground classes "
+                                 f"{self.labels[1:]}")
+        if self.choice is not None:
+            chosen = self.choice.chosen
+            if chosen == SOURCE and self.source is None:
+                raise ValueError("choice.chosen is 'source' but the history has no source record")
+            if chosen != SOURCE and not 0 <= chosen < len(self.epochs):
+                raise ValueError(f"choice.chosen is epoch {chosen}; the history has epochs 0-{len(self.epochs) - 1}")
         return self
+
+    def scored_candidates(self) -> list[tuple[Candidate, SourceRecord | EpochRecord]]:
+        """The candidates of the label-free choice in order: the source (when scored), then each scored epoch."""
+        candidates: list[tuple[Candidate, SourceRecord | EpochRecord]] = [(SOURCE, self.source)] if self.source else []
+        return candidates + [(e.epoch, e) for e in self.epochs if e.label_free_scores]
 
     def with_epoch(self, epoch: EpochRecord) -> RunHistory:
         """This history with ``epoch`` appended (validated like a file)."""
-        return RunHistory.model_validate({**dict(self), "epochs": [*self.epochs, epoch]})
+        return self.with_fields(epochs=[*self.epochs, epoch])
+
+    def with_fields(self, **fields: Any) -> RunHistory:
+        """This history with ``fields`` replaced (validated like a file)."""
+        return RunHistory.model_validate({**dict(self), **fields})
 
 
 def migrate_unversioned_history(content: Mapping[str, Any], trainer: str = "unknown") -> dict[str, Any]:
@@ -134,13 +190,17 @@ def migrate_unversioned_history(content: Mapping[str, Any], trainer: str = "unkn
 
 
 def history_from_content(content: Any, where: str) -> RunHistory:
-    """Validate the content of a history file (migrating the unversioned format); errors name ``where``."""
+    """Validate the content of a history file (migrating the unversioned format and format version 1); errors name
+    ``where``."""
     if isinstance(content, Mapping) and "format" not in content and isinstance(content.get("epochs"), Mapping):
         try:
             content = migrate_unversioned_history(content)
         except (KeyError, TypeError, ValueError, IndexError) as e:
             raise RecordError(f"{where}: a history of the unversioned format that cannot be read ({e!r}); "
                               f"{RERUN_HINT}") from None
+    if isinstance(content, Mapping) and content.get("format") == HISTORY_FORMAT and content.get("format_version") == 1:
+        # version 2 only added fields (the source's scores, implausible classes, the choice): all absent there
+        content = {**content, "format_version": 2}
     return _validate(RunHistory, content, where, HISTORY_FORMAT, HISTORY_FORMAT_VERSION)
 
 
@@ -244,7 +304,8 @@ def _validate(model: type[BaseModel], content: Any, where: str, fmt: str, versio
         raise RecordError(f"{where}: " + "; ".join(problems)) from None
 
 
-__all__ = ["EpochRecord", "HISTORY_FILE_NAME", "MAY_CHANGE_ON_RESUME", "PhaseRecord", "PriorUsed", "RecordError",
-           "RunHistory", "RunSettings", "SETTINGS_FILE_NAME", "history_from_content", "load_history",
+__all__ = ["Candidate", "CheckpointChoice", "EpochRecord", "HISTORY_FILE_NAME", "MAY_CHANGE_ON_RESUME", "PhaseRecord",
+           "PriorUsed", "RecordError", "RunHistory", "RunSettings", "SETTINGS_FILE_NAME", "SOURCE", "SourceRecord",
+           "history_from_content", "load_history",
            "load_run_settings", "migrate_unversioned_history", "resume_conflicts", "save_history",
            "save_run_settings", "settings_from_content"]

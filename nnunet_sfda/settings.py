@@ -16,7 +16,11 @@ Each trainer class declares which of these it accepts (``accepted_settings``): a
 | ``nnUNet_sfda_lr``                   | initial learning rate                                          |
 | ``nnUNet_sfda_num_epochs``           | number of epochs                                               |
 | ``nnUNet_sfda_iterations_per_epoch`` | training iterations per epoch                                  |
-| ``nnUNet_sfda_val_iterations``       | label-free validation iterations per epoch                     |
+| ``nnUNet_sfda_val_iterations``       | label-free validation iterations per epoch (also the number of  |
+|                                      | fixed batches the label-free checkpoint choice scores)          |
+| ``nnUNet_sfda_save_every_epoch``     | ``1``: also save ``checkpoint_source.pth`` and                  |
+|                                      | ``checkpoint_epoch_{e}.pth`` after every epoch (benchmarks;     |
+|                                      | changes no training)                                            |
 """
 from __future__ import annotations
 
@@ -40,6 +44,7 @@ class SFDASettings(BaseSettings):
     num_epochs: int | None = Field(default=None, ge=1)
     iterations_per_epoch: int | None = Field(default=None, ge=1)
     val_iterations: int | None = Field(default=None, ge=0)
+    save_every_epoch: bool | None = None
 
 
 def load_settings(accepted: Collection[str] | None = None, owner: str = "") -> SFDASettings:

@@ -21,7 +21,7 @@ from typing import Any, Callable
 import numpy as np
 
 from nnunet_sfda.files import atomic_write_text, read_json
-from nnunet_sfda.metrics import read_label_map
+from nnunet_sfda.metrics import check_label_values, read_label_map
 from nnunet_sfda.prepared import (
     case_geometries,
     check_prior_fits_target,
@@ -49,6 +49,7 @@ from nnunet_sfda.priors import (
 )
 from nnunet_sfda.priors.anatomy import load_table, select_volumes
 from nnunet_sfda.priors.common import read_text
+from nnunet_sfda.priors.label_statistics import RANGE_MARGIN
 from nnunet_sfda.priors.structure_volumes import DEFAULT_SLICE_MODEL
 
 TRUE_SIZE_PRIOR_FILE_NAME = "sfda_prior_true_size.json"
@@ -132,34 +133,23 @@ def _label_files(folder: Path, file_ending: str) -> dict[str, Path]:
     return files
 
 
-def _read_label_map(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
-    """:func:`nnunet_sfda.metrics.read_label_map`, with an unreadable file named in a one-line error."""
-    try:
-        return read_label_map(path)
-    except RuntimeError as err:  # SimpleITK's reader: a truncated or foreign file
-        raise PriorError(f"{path}: cannot be read as an image ({str(err).strip().splitlines()[-1]})") from None
-
-
-def _check_label_values(array: np.ndarray, values: Mapping[str, int], path: Path) -> None:
-    unexpected = sorted(set(np.unique(array).tolist()) - set(values.values()))
-    if unexpected:
-        raise PriorError(f"{path}: label values {unexpected} are not in dataset.json's labels "
-                         f"({', '.join(f'{k}={v}' for k, v in values.items())})")
-
-
 def folder_label_statistics(folder: str | os.PathLike, dataset_json_labels: Mapping[str, int],
                             file_ending: str = ".nii.gz") -> LabelStatistics:
-    """Statistics (volumes, ratios, slice presence) of every label map in ``folder``."""
+    """Statistics (volumes, ratios, slice presence) of every label map in ``folder``.
+
+    An unreadable label map, or one with values ``dataset_json_labels`` does not name, raises
+    :class:`~nnunet_sfda.metrics.LabelMapError` (a ``ValueError``) naming the file.
+    """
     names = dataset_label_names(dataset_json_labels)
     values = {n: int(dataset_json_labels[n]) for n in names}
     allowed = {**values, **({"ignore": dataset_json_labels["ignore"]} if "ignore" in dataset_json_labels else {})}
     arrays: list[tuple[np.ndarray, Sequence[float]]] = []
     files = list(_label_files(Path(folder), file_ending).values())
     for path in files:
-        array, spacing = _read_label_map(path)
+        array, spacing = read_label_map(path)
         if arrays and array.ndim != arrays[0][0].ndim:
             raise PriorError(f"{path}: a {array.ndim}D label map among {arrays[0][0].ndim}D ones (e.g. {files[0]})")
-        _check_label_values(array, allowed, path)
+        check_label_values(array, allowed, path)
         arrays.append((array, spacing))
     return label_statistics(arrays, values, names)
 
@@ -228,7 +218,8 @@ def estimate_label_statistics_prior(dataset: str | int, labels_folder: str | os.
                   "tags_file": None if tags_file is None else str(tags_file)}
         return volume_prior(target.label_names, geometries, stats.volumes(),
                             tags=_tags(target, tags_file, geometries), slice_model=slice_model, scale=scale,
-                            estimator="label_statistics", parameters=params, source=str(labels_folder))
+                            range_margin=RANGE_MARGIN, estimator="label_statistics", parameters=params,
+                            source=str(labels_folder))
 
     return _save(target, make, output, overwrite)
 
@@ -247,7 +238,7 @@ def estimate_true_size_prior(dataset: str | int, labels_folder: str | os.PathLik
     values = {n: int(target.labels[n]) for n in target.label_names}
 
     def make() -> ClassRatioPrior:
-        frame = {g.case: g.frame_array(_read_label_map(files[g.case])[0], str(files[g.case])) for g in geometries}
+        frame = {g.case: g.frame_array(read_label_map(files[g.case])[0], str(files[g.case])) for g in geometries}
         return true_size_prior(target.label_names, values, frame, source=str(labels_folder))
 
     return _save(target, make, output, overwrite, TRUE_SIZE_PRIOR_FILE_NAME)

@@ -9,6 +9,8 @@ adaptation) is reported separately. Blocks of the two trainers alternate so drif
     python scripts/benchmark_iteration.py --demo-dir sfda_demo              # after `nnunet-sfda demo -o sfda_demo`
     python scripts/benchmark_iteration.py -d 502 -c 2d -device cuda         # any prepared target with a prior
     python scripts/benchmark_iteration.py -d 502 -c 2d -device cuda --patch 256 256 --batch 12   # a wider batch
+    python scripts/benchmark_iteration.py --demo-dir sfda_demo --trainers nnUNetTrainerSFDA \
+        nnUNetTrainerSFDA_consistency nnUNetTrainerSFDA_selfTrain      # several SFDA trainers beside the plain one
 
 Nothing is written to the user's nnUNet_results: the trainers' output folders go to a temporary folder.
 """
@@ -70,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--patch", type=int, nargs="+", help="override the configuration's patch size (both trainers)")
     parser.add_argument("--batch", type=int, help="override the configuration's batch size (both trainers)")
+    parser.add_argument("--trainers", nargs="+", default=["nnUNetTrainerSFDA"],
+                        help="nnunet_sfda trainers to time beside the plain nnUNetTrainer (default: nnUNetTrainerSFDA)")
     args = parser.parse_args(argv)
 
     if args.demo_dir is not None:  # before nnU-Net is imported: it reads its folders once
@@ -81,12 +85,16 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-    from nnunet_sfda.trainers import nnUNetTrainerSFDA
+    from nnunet_sfda import trainers as sfda_trainers
 
     device = torch.device(args.device)
     overrides = {k: v for k, v in (("patch_size", args.patch), ("batch_size", args.batch)) if v is not None}
-    trainers = {"nnUNetTrainer": _make_trainer(nnUNetTrainer, args.d, args.c, device, overrides),
-                "nnUNetTrainerSFDA": _make_trainer(nnUNetTrainerSFDA, args.d, args.c, device, overrides)}
+    unknown = [name for name in args.trainers if name not in sfda_trainers.__all__]
+    if unknown:
+        parser.error(f"--trainers: unknown {', '.join(unknown)}; known: {', '.join(sfda_trainers.__all__)}")
+    trainers = {"nnUNetTrainer": _make_trainer(nnUNetTrainer, args.d, args.c, device, overrides)}
+    for name in args.trainers:
+        trainers[name] = _make_trainer(getattr(sfda_trainers, name), args.d, args.c, device, overrides)
     step_times: dict[str, list[float]] = {name: [] for name in trainers}
     load_times: dict[str, list[float]] = {name: [] for name in trainers}
     total = args.warmup + args.iterations
@@ -110,14 +118,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"dataset {plain.plans_manager.dataset_name}, configuration {args.c}, batch {plain.batch_size}, "
           f"patch {list(plain.configuration_manager.patch_size)}, {args.iterations} timed iterations each "
           f"(after {args.warmup} warm-up)\n")
-    print(f"{'trainer':<20} {'step s/it (median)':>19} {'step s/it (mean)':>17} {'data s/batch':>13}")
+    print(f"{'trainer':<36} {'step s/it (median)':>19} {'step s/it (mean)':>17} {'data s/batch':>13}")
     medians = {}
     for name in trainers:
         timed = step_times[name][args.warmup:]
         medians[name] = statistics.median(timed)
-        print(f"{name:<20} {medians[name]:>19.4f} {statistics.mean(timed):>17.4f} "
+        print(f"{name:<36} {medians[name]:>19.4f} {statistics.mean(timed):>17.4f} "
               f"{statistics.median(load_times[name][args.warmup:]):>13.4f}")
-    print(f"\nSFDA / plain iteration time: {medians['nnUNetTrainerSFDA'] / medians['nnUNetTrainer']:.2f}x")
+    print()
+    for name in args.trainers:
+        print(f"{name} / plain iteration time: {medians[name] / medians['nnUNetTrainer']:.2f}x")
     return 0
 
 

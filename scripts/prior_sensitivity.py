@@ -16,14 +16,16 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
 
 from nnunet_sfda.benchmark.commands import console_script, nnunet_env
+from nnunet_sfda.files import atomic_write_text
+from nnunet_sfda.metrics import read_label_map
 
 HERE = Path(__file__).resolve().parent
 TWIN = "Dataset599_SweepTwin"
@@ -31,14 +33,15 @@ TWIN = "Dataset599_SweepTwin"
 
 def write_tags(labels_dir: Path, out: Path, file_ending: str = ".nii.gz") -> None:
     """Tags CSV (case,label,slices) from label maps: slices along raw axis 0 where each label is present."""
-    with open(out, "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["case", "label", "slices"])
-        for path in sorted(labels_dir.glob(f"*{file_ending}")):
-            array = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
-            present = np.flatnonzero((array == 1).reshape(array.shape[0], -1).any(1))
-            if present.size:
-                writer.writerow([path.name[: -len(file_ending)], "organ", ";".join(map(str, present))])
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(["case", "label", "slices"])
+    for path in sorted(labels_dir.glob(f"*{file_ending}")):
+        array, _ = read_label_map(path)
+        present = np.flatnonzero((array == 1).reshape(array.shape[0], -1).any(1))
+        if present.size:
+            writer.writerow([path.name[: -len(file_ending)], "organ", ";".join(map(str, present))])
+    atomic_write_text(out, text.getvalue())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,7 +16,6 @@ iterations_per_epoch, prior). Prints one table at the end and writes DEMO/sweeps
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import subprocess
 import sys
@@ -25,6 +24,8 @@ from pathlib import Path
 from nnunet_sfda import records
 from nnunet_sfda.benchmark.commands import PREDICT_OPTIONS, console_script, nnunet_env
 from nnunet_sfda.benchmark.demo import CONFIGURATION
+from nnunet_sfda.benchmark.result_files import DEMO_RESULTS_FILE_NAME, DemoResults, read_result_file
+from nnunet_sfda.files import atomic_write_json, read_json
 from nnunet_sfda.metrics import folder_mean_foreground_dice
 from nnunet_sfda.prepared import prepared_configurations, record_path
 from nnunet_sfda.settings import settings_env
@@ -66,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-device", default="cpu")
     args = parser.parse_args(argv)
     demo = args.demo_dir.resolve()
-    results = json.loads((demo / "demo_results.json").read_text())
+    results = read_result_file(DemoResults, demo / DEMO_RESULTS_FILE_NAME, "the results of `nnunet-sfda demo`",
+                               f"run `nnunet-sfda demo -o {demo} --overwrite` again")
     pre = demo / "nnUNet_preprocessed"
     target = next(p.name for p in pre.iterdir() if record_path(p).is_file() and "SweepTwin" not in p.name)
     record = prepared_configurations(pre / target)[CONFIGURATION]
@@ -76,10 +78,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.setting:
         parser.error("give at least one --setting")
-    cases = results["test_cases"]
-    labels = json.loads((pre / target / "dataset.json").read_text())["labels"]
+    cases = results.test_cases
+    labels = read_json(pre / target / "dataset.json", "the prepared target's dataset.json")["labels"]
 
-    summary = {"source_only": {"test_dice": results["source_only_dice"]}}
+    summary = {"source_only": {"test_dice": results.source_only_dice}}
     for spec in args.setting:
         name, trainer, *rest = spec.split(":")
         extra = dict(kv.split("=", 1) for kv in rest[0].split(",")) if rest else {}
@@ -107,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
                                                        if e.monitoring_dice else None for e in history.epochs]}
         print(f"    test Dice {summary[name]['test_dice']:.3f}; monitoring Dice per epoch "
               f"{[round(d, 3) for d in summary[name]['monitoring_dice_per_epoch']]}", flush=True)
-    (demo / "sweeps" / "summary.json").write_text(json.dumps(summary, indent=2))
+    atomic_write_json(demo / "sweeps" / "summary.json", summary)
     print(f"\n{'setting':<22} {'test Dice':>9}  monitoring Dice by epoch (iterations)")
     print(f"{'source_only':<22} {summary['source_only']['test_dice']:>9.3f}")
     for name, s in summary.items():

@@ -10,6 +10,7 @@ import pytest
 
 from nnunet_sfda.benchmark import commands
 from nnunet_sfda.benchmark.commands import console_script
+from nnunet_sfda.settings import settings_env
 
 
 def nnunet_env(root: Path, **extra: str) -> dict[str, str]:
@@ -36,8 +37,8 @@ class SourceModel:
     test_labels: Path
 
 
-TRAIN_FAST = dict(nnUNet_n_proc_DA="0", nnUNet_sfda_num_epochs="1", nnUNet_sfda_iterations_per_epoch="4",
-                  nnUNet_sfda_val_iterations="1")
+#: a few training iterations without augmentation workers (nnUNet_n_proc_DA is nnU-Net's own variable)
+TRAIN_FAST = {"nnUNet_n_proc_DA": "0", **settings_env(num_epochs=1, iterations_per_epoch=4, val_iterations=1)}
 
 
 @pytest.fixture(scope="session")

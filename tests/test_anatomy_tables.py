@@ -145,6 +145,26 @@ def test_default_row_selection():
     assert volumes["spleen_label"].mean_ml == pytest.approx(100.0)
 
 
+def test_anatomy_prior_states_the_rows_range_as_plausible_volume():
+    from nnunet_sfda.priors.geometry import CaseGeometry
+    from nnunet_sfda.priors.structure_volumes import volume_prior
+
+    table = parse_table(VALID, "t")
+    case = CaseGeometry("c", (10, 10, 10), (20.0, 20.0, 20.0), (0, 0, 0), (0, 1, 2), (10, 10, 10))  # 8000 mL
+    labels = ["background", "organ", "spleen_label"]
+    volumes = select_volumes(table, {"organ": "liver", "spleen_label": "spleen"})
+    adult = volume_prior(labels, [case], volumes)
+    # liver adult: low/high columns 1.2..1.8 L; spleen: 105 g ± 2 * 5 g at 1.05 g/mL
+    spleen = (95 / 1.05, 115 / 1.05)
+    assert adult.plausible_volume_ml == {"organ": pytest.approx((1200.0, 1800.0)),
+                                         "spleen_label": pytest.approx(spleen)}
+    assert adult.per_case_bounds["c"]["organ"] == pytest.approx((0.15, 0.225))
+    assert adult.per_case_bounds["c"]["background"] == pytest.approx(
+        (1 - 0.225 - spleen[1] / 8000, 1 - 0.15 - spleen[0] / 8000))
+    child = volume_prior(labels, [case], {**volumes, **select_volumes(table, {"organ": "liver"}, population="child")})
+    assert child.plausible_volume_ml["organ"] == pytest.approx((600.0, 1000.0))  # 800 mL ± 2 * 100 mL
+
+
 def test_population_selection():
     table = parse_table(VALID, "t")
     volumes = select_volumes(table, {"organ": "liver"}, population="child")

@@ -11,8 +11,17 @@ import pytest
 from nnunet_sfda.benchmark.commands import console_script, nnunet_env
 from nnunet_sfda.benchmark.demo import run_demo
 from nnunet_sfda.benchmark.methods import METHODS, parse_methods
-from nnunet_sfda.benchmark.output_folder import MARKER_FILE_NAME, claim_output_folder
-from nnunet_sfda.benchmark.runner import add_gap_closure, run_benchmark
+from nnunet_sfda.benchmark.result_files import (
+    DEMO_RESULTS_FILE_NAME,
+    BenchmarkArguments,
+    DemoResults,
+    MethodRecord,
+    ResultFileError,
+    read_result_file,
+    write_result_file,
+)
+from nnunet_sfda.benchmark.runner import gap_closures, run_benchmark
+from nnunet_sfda.output_folder import MARKER_FILE_NAME, claim_output_folder
 
 
 def test_parse_methods_keeps_canonical_order_and_names_unknown_ones():
@@ -23,19 +32,73 @@ def test_parse_methods_keeps_canonical_order_and_names_unknown_ones():
 
 
 def test_gap_closure():
-    methods = {"source_only": {"dice": 0.6}, "adami": {"dice": 0.75}, "tent": {"dice": 0.5},
-               "broken": {"dice": None}, "oracle": {"dice": 0.8}}
-    add_gap_closure(methods)
-    assert methods["adami"]["gap_closure"] == pytest.approx(0.75)
-    assert methods["tent"]["gap_closure"] == pytest.approx(-0.5)
-    assert methods["source_only"]["gap_closure"] == 0 and methods["oracle"]["gap_closure"] == 1
-    assert methods["broken"]["gap_closure"] is None
-    tiny_gap = {"source_only": {"dice": 0.795}, "adami": {"dice": 0.8}, "oracle": {"dice": 0.8}}
-    add_gap_closure(tiny_gap)
-    assert all(m["gap_closure"] is None for m in tiny_gap.values())
-    no_oracle = {"source_only": {"dice": 0.6}, "adami": {"dice": 0.7}}
-    add_gap_closure(no_oracle)
-    assert no_oracle["adami"]["gap_closure"] is None
+    closures = gap_closures({"source_only": 0.6, "adami": 0.75, "tent": 0.5, "broken": None, "oracle": 0.8})
+    assert closures["adami"] == pytest.approx(0.75)
+    assert closures["tent"] == pytest.approx(-0.5)
+    assert closures["source_only"] == 0 and closures["oracle"] == 1
+    assert closures["broken"] is None
+    assert set(gap_closures({"source_only": 0.795, "adami": 0.8, "oracle": 0.8}).values()) == {None}  # tiny gap
+    assert gap_closures({"source_only": 0.6, "adami": 0.7})["adami"] is None  # no oracle
+
+
+def _method_record(**changes) -> dict:
+    return {"dice": 0.7, "dice_per_class": {"organ": {"mean": 0.7, "sd": 0.1}},
+            "assd_mm": {"organ": {"mean": 1.5, "sd": 0.5, "n": 2}},
+            "hd95_mm": {"organ": {"mean": None, "sd": None, "n": 0}},
+            "num_cases": 2, "seconds": 12.5, "trainer": "nnUNetTrainerSFDA",
+            "per_case_dice": {"test_000": {"organ": 0.6}, "test_001": {"organ": 0.8}}, "prior_mode": "per_sample",
+            **changes}
+
+
+def test_method_file_round_trips_migrates_unversioned_and_names_bad_fields(tmp_path):
+    path = tmp_path / "method.json"
+    record = MethodRecord(**_method_record())
+    write_result_file(record, path)
+    assert read_result_file(MethodRecord, path, "a method", "rerun it") == record
+    assert record.entry().gap_closure is None and record.entry().dice == 0.7
+    path.write_text(json.dumps(_method_record()))  # written before the files were versioned: same fields
+    assert read_result_file(MethodRecord, path, "a method", "rerun it") == record
+    path.write_text(json.dumps(_method_record(num_cases="two")))
+    with pytest.raises(ResultFileError, match=r"method\.json: an unversioned file that cannot be migrated "
+                                              r"\(num_cases: .*integer.*\); rerun it$"):
+        read_result_file(MethodRecord, path, "a method", "rerun it")
+    content = record.model_dump()
+    path.write_text(json.dumps({**content, "format_version": 2}))
+    with pytest.raises(ResultFileError, match="format_version 2 is newer than this nnunet-sfda reads"):
+        read_result_file(MethodRecord, path, "a method", "rerun it")
+    path.write_text(json.dumps({**content, "surprise": 1}))
+    with pytest.raises(ResultFileError, match=r"method\.json: invalid \(surprise: Extra inputs"):
+        read_result_file(MethodRecord, path, "a method", "rerun it")
+    path.write_text(json.dumps({**BenchmarkArguments(preset="micro", shifts=["default"], methods=["adami"], seed=0,
+                                                     device="cpu").model_dump()}))
+    with pytest.raises(ResultFileError, match="not an nnunet-sfda-benchmark-method file"):
+        read_result_file(MethodRecord, path, "a method", "rerun it")
+
+
+def test_resume_reads_the_arguments_through_their_model(tmp_path):
+    out = tmp_path / "bench"
+    claim_output_folder(out, "benchmark", overwrite=False)
+    (out / "benchmark.json").write_text(json.dumps({"preset": "quick", "shifts": ["default"], "methods": ["adami"],
+                                                    "seed": 0, "device": "cpu"}))  # unversioned: migrated
+    with pytest.raises(ValueError, match="was run with preset 'quick'; resume it with --preset quick"):
+        run_benchmark(out, preset="micro", resume=True)
+    (out / "benchmark.json").write_text(json.dumps({"preset": "quick", "shifts": []}))
+    with pytest.raises(ResultFileError, match=r"benchmark\.json: .*shifts: .*; start the run again with --overwrite"):
+        run_benchmark(out, preset="quick", resume=True)
+
+
+def test_demo_results_file_is_versioned(tmp_path):
+    path = tmp_path / DEMO_RESULTS_FILE_NAME
+    legacy = {"source_only_dice": 0.73, "adapted_dice": 0.86, "seconds": 600.0, "test_cases": ["test_000"],
+              "shift_family": "default", "shift": ["contrast", "noise"]}
+    path.write_text(json.dumps(legacy))
+    results = read_result_file(DemoResults, path, "the demo's results", "rerun the demo")
+    assert results.adapted_dice == 0.86 and results.format_version == 1
+    write_result_file(results, path)
+    assert json.loads(path.read_text()) == {"format": "nnunet-sfda-demo-results", "format_version": 1, **legacy}
+    path.write_text(json.dumps({**legacy, "format": "nnunet-sfda-demo-results", "format_version": 0}))
+    with pytest.raises(ResultFileError, match="format_version 0, expected 1; rerun the demo"):
+        read_result_file(DemoResults, path, "the demo's results", "rerun the demo")
 
 
 def test_never_replaces_or_resumes_a_folder_it_did_not_make(tmp_path):
@@ -155,5 +218,5 @@ def test_micro_benchmark_end_to_end(tmp_path):
     # --resume finds everything done and reruns nothing
     again = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-2000:]
-    assert "training" not in again.stdout and "predicting" not in again.stdout
+    assert ": training (" not in again.stdout and ": predicting " not in again.stdout  # the steps' progress lines
     assert json.loads((out / "results.json").read_text())["methods"] == results["methods"]

@@ -101,7 +101,7 @@ def test_resenc_two_modalities_three_classes(tmp_path):
     assert list(history.dataset_prior.values()) == pytest.approx([0.7, 0.25, 0.05])
     assert set(history.epochs[0].train.predicted_ratio) == set(LABELS)
     source_weights = network_weights(model_folder / "fold_all" / "checkpoint_final.pth")
-    adapted_weights = network_weights(fold / "checkpoint_final.pth")
+    adapted_weights = network_weights(fold / "checkpoint_last.pth")  # final holds the label-free choice
     assert source_weights.keys() == adapted_weights.keys()
     assert adapted_weights["encoder.stem.convs.0.conv.weight"].shape[1] == len(CHANNELS)  # a residual encoder's stem
     assert {tuple(w.shape)[0] for k, w in adapted_weights.items() if ".seg_layers." in k} == {len(LABELS)}

@@ -59,8 +59,8 @@ def test_prepare_adapt_predict(source_model):
     assert "starting from all source weights" in proc.stdout
     assert "mode batch_marginal" in proc.stdout  # a constant prior has no per-slice ratios
     fold = root / "res" / target / "nnUNetTrainerSFDA__nnUNetPlans__2d" / "fold_all"
-    for name in ("checkpoint_final.pth", "progress.png", "sfda_progress.png", "sfda_history.json",
-                 "sfda_settings.json"):
+    for name in ("checkpoint_final.pth", "checkpoint_last.pth", "progress.png", "sfda_progress.png",
+                 "sfda_history.json", "sfda_settings.json"):
         assert (fold / name).is_file(), name
     assert not (fold / "checkpoint_best.pth").exists()  # nnU-Net would pick it by a label-based pseudo-Dice
     history = load_history(fold / "sfda_history.json")
@@ -69,7 +69,7 @@ def test_prepare_adapt_predict(source_model):
     assert list(history.dataset_prior.values()) == pytest.approx([0.95, 0.05])
 
     source = weights(source_model.model_folder / "fold_all" / "checkpoint_final.pth")
-    adapted = weights(fold / "checkpoint_final.pth")
+    adapted = weights(fold / "checkpoint_last.pth")  # the last epoch; checkpoint_final.pth holds the choice
     assert source.keys() == adapted.keys()
     changed = [k for k in source if not torch.equal(source[k], adapted[k])]
     assert any(".seg_layers." in k for k in changed), "the segmentation head must be adapted too"
@@ -78,6 +78,7 @@ def test_prepare_adapt_predict(source_model):
     resumed = run(["nnUNetv2_train", target, "2d", "all", "-tr", "nnUNetTrainerSFDA", "-device", "cpu", "--c"],
                   {**nnunet_env(root), **ADAPT_FAST, "nnUNet_sfda_num_epochs": "3"})
     assert "starting from all source weights" not in resumed.stdout
+    assert "continuing from the last epoch, checkpoint_last.pth" in resumed.stdout
     assert len(load_history(fold / "sfda_history.json").epochs) == 3
     assert load_run_settings(fold / "sfda_settings.json").resumed_at_epochs == [2]
 
@@ -159,7 +160,7 @@ def test_tent_updates_only_the_normalisation_layers_affine_parameters(source_mod
     assert "λ = 0.0" in proc.stdout
     source = weights(source_model.model_folder / "fold_all" / "checkpoint_final.pth")
     tent = weights(source_model.root / "res" / target / "nnUNetTrainerSFDA_tent__nnUNetPlans__2d" / "fold_all"
-                   / "checkpoint_final.pth")
+                   / "checkpoint_last.pth")
     changed = {k for k in source if not torch.equal(source[k], tent[k])}
     # every state-dict name of a normalisation layer's weight/bias (nnU-Net's blocks register each layer twice)
     plans = json.loads((source_model.model_folder / "plans.json").read_text())

@@ -10,12 +10,15 @@ import SimpleITK as sitk
 
 from nnunet_sfda.metrics import (
     CaseMetrics,
+    LabelMapError,
     case_metrics,
+    check_label_values,
     dice,
     evaluate_folder,
     folder_mean_foreground_dice,
     foreground_labels,
     mean_foreground_dice,
+    read_label_map,
     summarize,
 )
 
@@ -247,3 +250,25 @@ def test_summarize_two_cases_by_hand():
 
     empty = summarize([])
     assert empty["num_cases"] == 0 and empty["dice"] is None and empty["dice_per_class"] == {}
+
+
+def test_label_values_must_be_named_by_the_dataset_labels():
+    check_label_values(np.array([[0, 1], [2, 3]]), LABELS, "case.nii.gz")  # ignore (3) is a named value
+    check_label_values(np.array([0.0, 4.0]), {"background": 0, "region": [1, 4]}, "case.nii.gz")  # region lists
+    with pytest.raises(LabelMapError, match=re.escape("case.nii.gz: label values [4, 7] are not in the dataset's "
+                                                      "labels (background=0, organ=1, lesion=2, ignore=3)")):
+        check_label_values(np.array([0, 4, 7, 1], np.int16), LABELS, "case.nii.gz")
+    with pytest.raises(LabelMapError, match=r"label values \[0\.5\]"):  # a fraction is never a label
+        check_label_values(np.array([0.0, 0.5]), LABELS, "case.nii.gz")
+
+
+def test_an_unreadable_label_map_is_named_in_one_line(tmp_path):
+    good = tmp_path / "good.nii.gz"
+    _write(good, np.zeros((2, 3, 4)), (3.0, 1.0, 0.5))
+    array, spacing = read_label_map(good)
+    assert array.shape == (2, 3, 4) and spacing == (3.0, 1.0, 0.5)
+    bad = tmp_path / "bad.nii.gz"
+    bad.write_bytes(good.read_bytes()[:40])  # truncated
+    with pytest.raises(LabelMapError, match=r"bad\.nii\.gz: cannot be read as an image") as err:
+        read_label_map(bad)
+    assert "\n" not in str(err.value)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from nnunet_sfda.plots import history_figure, history_series, plot_sfda_history
-from nnunet_sfda.records import EpochRecord, PhaseRecord, RunHistory
+from nnunet_sfda.records import CheckpointChoice, EpochRecord, PhaseRecord, RunHistory, SourceRecord
 
 LABELS = ["background", "liver", "tumour"]
 
@@ -48,7 +48,7 @@ def lines(ax) -> dict[str, np.ndarray]:
 
 def test_figure_draws_the_series():
     fig = history_figure(make_history())
-    terms, ratios, dice = fig.axes
+    terms, ratios, dice, _ = fig.axes
     drawn = lines(terms)
     assert set(drawn) == {"train entropy", "train kl", "val loss"}  # the sum is not drawn
     assert drawn["train kl"] == pytest.approx([0.4, 0.35, 0.3])
@@ -68,3 +68,35 @@ def test_figure_without_target_labels_says_so(tmp_path):
     plt.close(fig)
     path = plot_sfda_history(make_history(), tmp_path / "sfda_progress.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def scored_history() -> RunHistory:
+    """make_history with label-free scores: the source, epoch 1 chosen, epoch 2 outside the range (a collapse)."""
+    h = make_history()
+    scores = [0.7, 0.6, 0.8, 0.5]  # source, epochs 0-2
+    epochs = [e.model_copy(update={"label_free_scores": {"choice_score": s, "flip_agreement": s + 0.05},
+                                   "implausible_classes": ["liver"] if e.epoch == 2 else []})
+              for e, s in zip(h.epochs, scores[1:])]
+    return h.with_fields(source=SourceRecord(label_free_scores={"choice_score": 0.7, "flip_agreement": 0.75}),
+                         epochs=epochs, choice=CheckpointChoice(chosen=1, reason="r", collapse_at=2,
+                                                                collapse_reason="liver left", rule="rule"))
+
+
+def test_label_free_panel_draws_the_scores_the_choice_and_the_collapse():
+    s = history_series(scored_history())
+    assert list(s.score_x) == [-1, 0, 1, 2] and s.label_free_scores["choice_score"] == pytest.approx([0.7, 0.6,
+                                                                                                      0.8, 0.5])
+    assert list(s.implausible_x) == [2] and (s.chosen_x, s.collapse_x) == (1, 2)
+    fig = history_figure(scored_history())
+    panel = fig.axes[3]
+    drawn = lines(panel)
+    assert drawn["choice score"] == pytest.approx([0.7, 0.6, 0.8, 0.5])
+    assert drawn["flip agreement"] == pytest.approx([0.75, 0.65, 0.85, 0.55])
+    assert drawn["class outside its plausible range"] == pytest.approx([0.5])
+    assert drawn["chosen (checkpoint_final.pth)"] == pytest.approx([0.8])
+    assert [t.get_text() for t in panel.get_xticklabels()] == ["source", "0", "1", "2"]
+    assert any(p.get_label() == "collapse guard" for p in panel.patches)
+    plt.close(fig)
+    fig = history_figure(make_history())  # no scores (e.g. no validation iterations): said, not drawn
+    assert fig.axes[3].get_lines() == [] and "no label-free scores" in fig.axes[3].texts[0].get_text()
+    plt.close(fig)

@@ -14,7 +14,7 @@ from nnunet_sfda.priors import ClassRatioPrior, PriorError, load_prior, save_pri
 from nnunet_sfda.priors.anatomy import StructureVolume, parse_table
 from nnunet_sfda.priors.geometry import CaseGeometry, patch_prior
 from nnunet_sfda.priors.common import PriorWarning
-from nnunet_sfda.priors.label_statistics import label_statistics, label_statistics_table
+from nnunet_sfda.priors.label_statistics import RANGE_MARGIN, label_statistics, label_statistics_table
 from nnunet_sfda.priors.pixel_sizes import parse_pixel_sizes, pixel_prior
 from nnunet_sfda.priors.structure_volumes import ellipsoid_slice_volumes, volume_prior
 from nnunet_sfda.priors.tags import parse_slice_ranges, parse_tags
@@ -249,6 +249,56 @@ def test_volume_prior_per_case_ratios_and_bounds():
     np.testing.assert_allclose(prior.ratio_vector("A"), [0.89, 0.1, 0.01], atol=1e-12)
 
 
+def _bounds(prior: ClassRatioPrior, case: str) -> list[tuple[float, float]]:
+    return [prior.per_case_bounds[case][n] for n in LABELS]
+
+
+def test_volume_prior_states_plausible_volumes_and_per_case_ratio_ranges():
+    prior = volume_prior(LABELS, [CASE_A, CASE_B], VOLUMES)
+    assert prior.plausible_volume_ml == {"organ": (50.0, 200.0), "tumor": (5.0, 20.0)}
+    # A (1000 mL): organ 50..200 mL, tumor 5..20 mL; background 1 - (0.2 + 0.02) .. 1 - (0.05 + 0.005)
+    assert _bounds(prior, "A") == [pytest.approx((0.78, 0.945)), pytest.approx((0.05, 0.2)),
+                                   pytest.approx((0.005, 0.02))]
+    assert _bounds(prior, "B") == [pytest.approx((0.89, 0.9725)), pytest.approx((0.025, 0.1)),
+                                   pytest.approx((0.0025, 0.01))]
+    for case in ("A", "B"):  # each case's ratio lies in its range; the envelope holds every case's range
+        low, high = prior.ratio_range(case)
+        assert np.all(low <= prior.ratio_vector(case)) and np.all(prior.ratio_vector(case) <= high)
+        assert all(prior.lower[n] <= lo and hi <= prior.upper[n]
+                   for n, (lo, hi) in zip(LABELS, zip(low, high)))
+    doubled = volume_prior(LABELS, [CASE_A, CASE_B], VOLUMES, scale=2.0)
+    assert doubled.plausible_volume_ml == {"organ": (100.0, 400.0), "tumor": (10.0, 40.0)}
+    assert doubled.per_case_bounds["A"]["organ"] == pytest.approx((0.1, 0.4))
+
+
+def test_volume_prior_case_ranges_are_clipped_to_the_field_of_view():
+    small = _geom("small", (150, 1, 1))  # 150 mL: the organ's 200 mL high end does not fit
+    prior = volume_prior(LABELS, [small], VOLUMES)
+    assert _bounds(prior, "small") == [pytest.approx((0.0, 1 - 55 / 150)), pytest.approx((50 / 150, 1.0)),
+                                       pytest.approx((5 / 150, 20 / 150))]
+    assert prior.plausible_volume_ml["organ"] == (50.0, 200.0)  # the physical range is not clipped
+
+
+def test_label_statistics_prior_states_the_widened_range():
+    stats = label_statistics(_label_maps(), VALUES, LABELS)
+    plain = volume_prior(LABELS, [CASE_A], stats.volumes(), estimator="label_statistics")
+    prior = volume_prior(LABELS, [CASE_A], stats.volumes(), range_margin=RANGE_MARGIN, estimator="label_statistics")
+    # organ 0.025 and 0.03 mL, tumor 0.006 and 0 mL: min / 1.25 .. max * 1.25
+    assert RANGE_MARGIN == 0.25 and prior.provenance.parameters["range_margin"] == 0.25
+    assert prior.plausible_volume_ml == {"organ": pytest.approx((0.02, 0.0375)), "tumor": pytest.approx((0.0, 0.0075))}
+    assert prior.per_case_bounds["A"]["organ"] == pytest.approx((0.02 / 1000, 0.0375 / 1000))
+    assert plain.plausible_volume_ml["organ"] == pytest.approx((0.025, 0.03))
+    # the margin changes the new ranges only: ratios and the version-1 envelope stay exactly as they were
+    assert prior.per_case == plain.per_case and prior.dataset_ratio == plain.dataset_ratio
+    assert prior.lower == plain.lower and prior.upper == plain.upper
+    assert prior.upper["organ"] == pytest.approx(0.03 / 1000)
+
+
+def test_volume_prior_refuses_a_negative_range_margin():
+    with pytest.raises(PriorError, match=r"range margin must be a number >= 0, got -0.1"):
+        volume_prior(LABELS, [CASE_A], VOLUMES, range_margin=-0.1)
+
+
 def test_volume_prior_scale_multiplies_ratios():
     prior = volume_prior(LABELS, [CASE_A, CASE_B], VOLUMES, scale=2.0)
     assert _ratios(prior.per_case["A"]) == pytest.approx([0.78, 0.2, 0.02], abs=1e-12)
@@ -445,6 +495,7 @@ def test_true_size_prior():
     assert _ratios(prior.per_case["B"]) == pytest.approx([0.0, 1.0, 0.0], abs=1e-12)
     assert _ratios(prior.dataset_ratio) == pytest.approx([0.325, 0.65, 0.025], abs=1e-12)
     assert sorted(prior.per_slice["B"]) == [0]
+    assert prior.plausible_volume_ml is None and prior.per_case_bounds is None  # measured, not a range
 
 
 def test_true_size_prior_without_maps():
@@ -482,6 +533,7 @@ def test_pixel_prior():
     assert _ratios(prior.dataset_ratio) == pytest.approx([0.8625, 0.125, 0.0125], abs=1e-12)
     assert "P2" not in prior.per_case  # falls back to the dataset ratio
     np.testing.assert_allclose(prior.ratio_vector("P2", 1), [0.8625, 0.125, 0.0125], atol=1e-12)
+    assert prior.plausible_volume_ml is None and prior.per_case_bounds is None  # pixels state no volume range
 
 
 def test_pixel_prior_labels_exceed_the_slice():

@@ -62,6 +62,8 @@ def _full_prior() -> ClassRatioPrior:
         lower={"background": 0.5, "liver": 0.01, "tumor": 0.0},
         upper={"background": 1.0, "liver": 0.3, "tumor": 0.1},
         tags={"case_001": {"liver": [10, 11, 12], "tumor": [12]}},
+        plausible_volume_ml={"liver": (1200.0, 2400.0), "tumor": (0.0, 300.5)},
+        per_case_bounds={"case_001": {"background": (0.6, 0.95), "liver": (0.05, 0.3), "tumor": (0.0, 0.1)}},
         kind="true_size",
         provenance=_provenance(),
     )
@@ -92,7 +94,7 @@ def _raises_for(tmp_path: Path, data, pattern: str) -> PriorError:
 
 
 def test_constants():
-    assert CURRENT_FORMAT_VERSION == 1
+    assert CURRENT_FORMAT_VERSION == 2
     assert PRIOR_FILE_NAME == "sfda_prior.json"
 
 
@@ -107,11 +109,14 @@ def test_round_trip_full(tmp_path):
     assert all(isinstance(k, int) for k in loaded.per_slice["case_001"])
     assert loaded.tags == {"case_001": {"liver": [10, 11, 12], "tumor": [12]}}
     assert loaded.lower == prior.lower and loaded.upper == prior.upper
+    assert loaded.plausible_volume_ml == {"liver": (1200.0, 2400.0), "tumor": (0.0, 300.5)}
+    assert loaded.per_case_bounds["case_001"]["liver"] == (0.05, 0.3)
     assert loaded.kind == "true_size"
     assert loaded.frame == DEFAULT_FRAME
     # the file is plain JSON with string slice keys and no leftover temp files
     raw = json.loads(path.read_text(encoding="utf-8"))
-    assert raw["format"] == "nnunet-sfda-prior" and raw["format_version"] == 1
+    assert raw["format"] == "nnunet-sfda-prior" and raw["format_version"] == 2
+    assert raw["plausible_volume_ml"]["liver"] == [1200.0, 2400.0]  # [low, high] lists in JSON
     assert set(raw["per_slice"]["case_001"]) == {"0", "12"}
     assert sorted(p.name for p in path.parent.iterdir()) == [PRIOR_FILE_NAME]
 
@@ -251,17 +256,83 @@ def test_missing_format_version(tmp_path):
 
 def test_newer_format_version(tmp_path):
     data = _valid_dict()
-    data["format_version"] = 2
-    data["new_field_of_v2"] = {"x": 1}  # a newer file may have fields this version does not know
-    err = _raises_for(tmp_path, data, r"format_version 2 is newer .*supports \(format_version 1\)")
+    data["format_version"] = 3
+    data["new_field_of_v3"] = {"x": 1}  # a newer file may have fields this version does not know
+    err = _raises_for(tmp_path, data, r"format_version 3 is newer .*supports \(format_version 2\); update "
+                                      r"nnunet_sfda")
     assert "1 problem" in str(err)
-    assert "new_field_of_v2" not in str(err)
+    assert "new_field_of_v3" not in str(err)
 
 
 def test_invalid_format_version(tmp_path):
     data = _valid_dict()
     data["format_version"] = 0
     _raises_for(tmp_path, data, r"format_version: .*greater than or equal to 1")
+
+
+# A file written by nnunet-sfda before format version 2 (the anatomy estimator's fields, trimmed).
+VERSION_1_FILE = """{"format": "nnunet-sfda-prior", "format_version": 1, "labels": ["background", "organ"],
+ "dataset_ratio": {"background": 0.95, "organ": 0.05}, "per_case": {"case_003": {"background": 0.97, "organ": 0.03}},
+ "per_slice": null, "lower": {"background": 0.9, "organ": 0.01}, "upper": {"background": 0.99, "organ": 0.1},
+ "tags": null, "kind": "estimate", "frame": "network input: after nnU-Net crop to non-zero region and resampling",
+ "provenance": {"estimator": "anatomy", "parameters": {"scale": 1.0}, "source": "prostate",
+                "nnunet_sfda_version": "0.1.0", "created": "2024-05-01T12:00:00+00:00"}}"""
+
+
+def test_version_1_file_is_migrated_and_saved_as_version_2(tmp_path):
+    prior = load_prior(_write(tmp_path, VERSION_1_FILE, "v1.json"))
+    assert prior.format_version == 2
+    assert prior.plausible_volume_ml is None and prior.per_case_bounds is None
+    assert prior.per_case == {"case_003": {"background": 0.97, "organ": 0.03}}
+    assert prior.lower == {"background": 0.9, "organ": 0.01} and prior.upper["organ"] == 0.1
+    np.testing.assert_array_equal(prior.ratio_vector("case_003"), [0.97, 0.03])
+    raw = json.loads(save_prior(prior, tmp_path / "v2.json").read_text())
+    assert raw["format_version"] == 2 and raw["plausible_volume_ml"] is None and raw["per_case_bounds"] is None
+    assert load_prior(tmp_path / "v2.json") == prior
+
+
+def test_version_1_file_with_a_version_2_field_is_refused(tmp_path):
+    data = json.loads(VERSION_1_FILE)
+    data["plausible_volume_ml"] = {"organ": [10.0, 20.0]}
+    _raises_for(tmp_path, data, r"plausible_volume_ml: not part of format_version 1 \(added in format_version 2\)")
+
+
+@pytest.mark.parametrize("field, value, pattern", [
+    ("plausible_volume_ml", {"liver": [30.0, 20.0]},
+     r"plausible_volume_ml\.liver: low 30 is above high 20; expected \[low, high\] with low <= high"),
+    ("plausible_volume_ml", {"liver": [-1.0, 20.0]}, r"plausible_volume_ml\.liver\.0: .*greater than or equal to 0"),
+    ("plausible_volume_ml", {"liver": [1.0, "inf"]}, r"plausible_volume_ml\.liver\.1: .*finite"),
+    ("plausible_volume_ml", {"liver": [1.0, 2.0, 3.0]}, r"plausible_volume_ml\.liver: .*at most 2 items"),
+    ("plausible_volume_ml", {"background": [1.0, 2.0]},
+     r"plausible_volume_ml\.background: not a foreground label; expected one of: liver, tumor"),
+    ("plausible_volume_ml", {"lung": [1.0, 2.0]}, r"plausible_volume_ml\.lung: not a foreground label"),
+    ("per_case_bounds", {"case_001": {"background": [0.5, 1.0], "liver": [0.0, 1.2], "tumor": [0.0, 0.1]}},
+     r"per_case_bounds\.case_001\.liver\.1: .*less than or equal to 1"),
+    ("per_case_bounds", {"case_001": {"background": [0.5, 1.0], "liver": [0.3, 0.2], "tumor": [0.0, 0.1]}},
+     r"per_case_bounds\.case_001\.liver: low 0\.3 is above high 0\.2"),
+    ("per_case_bounds", {"case_001": {"background": [0.5, 1.0], "liver": [0.1, 0.2]}},
+     r"per_case_bounds\.case_001: keys must be exactly the labels .*missing: tumor"),
+])
+def test_invalid_plausible_ranges_name_the_field(tmp_path, field, value, pattern):
+    data = _valid_dict()
+    data[field] = value
+    _raises_for(tmp_path, data, pattern)
+
+
+def test_ratio_range_prefers_the_case_bounds_then_the_envelope():
+    prior = _full_prior()
+    low, high = prior.ratio_range("case_001")
+    np.testing.assert_array_equal(low, [0.6, 0.05, 0.0])
+    np.testing.assert_array_equal(high, [0.95, 0.3, 0.1])
+    for case in ("case_002", None):  # no bounds of its own: the dataset-wide envelope
+        low, high = prior.ratio_range(case)
+        np.testing.assert_array_equal(low, [0.5, 0.01, 0.0])
+        np.testing.assert_array_equal(high, [1.0, 0.3, 0.1])
+    upper_only = prior.model_copy(update={"lower": None, "per_case_bounds": None})
+    low, high = upper_only.ratio_range("case_001")
+    np.testing.assert_array_equal(low, [0.0, 0.0, 0.0])
+    np.testing.assert_array_equal(high, [1.0, 0.3, 0.1])
+    assert constant_prior(["background", "organ"], [0.9, 0.1]).ratio_range("case_001") is None
 
 
 def test_invalid_json(tmp_path):
@@ -512,9 +583,10 @@ def test_format_prior_table_per_case():
     assert "case min" in lines[1] and "case max" in lines[1]
     rows = {line.split()[0]: line.split()[1:] for line in lines[3:]}
     assert list(rows) == LABELS
-    # dataset, case min, case max, lower, upper
-    assert rows["liver"] == ["0.08000", "0.05000", "0.12000", "0.01000", "0.30000"]
-    assert rows["tumor"] == ["0.02000", "0.00000", "0.03000", "0.00000", "0.10000"]
+    # dataset, case min, case max, lower, upper, plausible mL
+    assert rows["liver"] == ["0.08000", "0.05000", "0.12000", "0.01000", "0.30000", "1200-2400"]
+    assert rows["tumor"] == ["0.02000", "0.00000", "0.03000", "0.00000", "0.10000", "0-300.5"]
+    assert rows["background"][-1] == "-"
 
 
 def test_priors_import_no_torch_or_nnunetv2():

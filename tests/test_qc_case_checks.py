@@ -45,6 +45,23 @@ def test_plausible_range_scales_the_prior_bounds_by_the_field_of_view():
     assert low == 0.0 and high == pytest.approx(20.0)
 
 
+def test_plausible_range_prefers_case_bounds_then_volumes_then_the_envelope():
+    labels = ["background", "organ", "tumor"]
+    prior = constant_prior(labels, [0.9, 0.08, 0.02]).model_copy(update={
+        "lower": {"background": 0.5, "organ": 0.01, "tumor": 0.001},
+        "upper": {"background": 0.99, "organ": 0.3, "tumor": 0.1},
+        "plausible_volume_ml": {"organ": (20.0, 300.0)},  # nothing stated for tumor
+        "per_case_bounds": {"case_0": {"background": (0.6, 0.9), "organ": (0.05, 0.2), "tumor": (0.0, 0.05)}}})
+    # 1. the case's own ratio range times the field of view
+    assert plausible_range_ml(prior, 200.0, case="case_0") == {"organ": pytest.approx((10.0, 40.0)),
+                                                               "tumor": pytest.approx((0.0, 10.0))}
+    # 2. another case (or none given): the structure's volume range, capped at the field of view; 3. the envelope
+    for case in ("case_1", None):
+        assert plausible_range_ml(prior, 200.0, case=case) == {"organ": pytest.approx((20.0, 200.0)),
+                                                               "tumor": pytest.approx((0.2, 20.0))}
+    assert plausible_range_ml(prior, 10.0)["organ"] == pytest.approx((10.0, 10.0))  # both ends capped
+
+
 def test_volumes_and_agreement_use_the_voxel_volume_and_the_one_dice():
     source, adapted = box(5, 10), box(5, 12)
     m = measures(source, adapted)

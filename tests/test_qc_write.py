@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 
+from nnunet_sfda.output_folder import MARKER_FILE_NAME, claim_output_folder
 from nnunet_sfda.qc.predict import channel_files
 from nnunet_sfda.qc.report_file import REPORT_FILE_NAME, ClassRow, CaseRow, QCReport, ReportFileError, load_report
 from nnunet_sfda.qc.write import (CSV_FILE_NAME, FIGURE_FILE_NAME, MARKDOWN_FILE_NAME, CaseSlices, csv_text,
@@ -80,12 +81,22 @@ def test_output_folder_is_staged_and_only_an_earlier_report_is_replaced(tmp_path
     with staged_output_folder(out, overwrite=True, forbidden={}) as staging:
         write_report(staging, report(labels=False), [])
     assert load_report(out / REPORT_FILE_NAME).labels is None
+    assert json.loads((out / MARKER_FILE_NAME).read_text()) == {"format_version": 1, "made_by": "report"}
+    (out / MARKER_FILE_NAME).unlink()  # a report of a version before markers: its sfda_report.json marks it
+    with staged_output_folder(out, overwrite=True, forbidden={}) as staging:
+        write_report(staging, report(), [])
+    assert (out / MARKER_FILE_NAME).is_file() and load_report(out / REPORT_FILE_NAME).labels == "/labels"
 
     foreign = tmp_path / "thesis"
     foreign.mkdir()
     (foreign / "chapter.txt").write_text("keep")
     with pytest.raises(FileExistsError, match="was not made by nnunet-sfda report"):
         with staged_output_folder(foreign, overwrite=True, forbidden={}):
+            pass
+    benchmark = tmp_path / "bench"
+    claim_output_folder(benchmark, "benchmark", overwrite=False)
+    with pytest.raises(FileExistsError, match=r"was not made by nnunet-sfda report \(made by nnunet-sfda benchmark\)"):
+        with staged_output_folder(benchmark, overwrite=True, forbidden={}):
             pass
     raw = tmp_path / "raw"
     with pytest.raises(ValueError, match=r"lies inside nnUNet_raw .*raw; the report never writes there"):

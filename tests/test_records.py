@@ -53,7 +53,7 @@ def test_history_round_trip_keeps_nan(tmp_path):
     back = load_history(path)
     assert back.epochs[:2] == h.epochs[:2]
     assert math.isnan(back.epochs[2].monitoring_dice["organ"])
-    assert json.loads(path.read_text())["format_version"] == 1
+    assert json.loads(path.read_text())["format_version"] == 2
 
 
 @pytest.mark.parametrize("change, message", [
@@ -65,6 +65,11 @@ def test_history_round_trip_keeps_nan(tmp_path):
     (lambda c: c["epochs"][1].update(epoch=5), "epochs.1.epoch is 5"),
     (lambda c: c["epochs"][0].update(monitoring_dice={"background": 0.3}), "epochs.0.monitoring_dice must name"),
     (lambda c: c.update(format_version=7), "format_version 7 is newer than this nnunet_sfda reads"),
+    (lambda c: c.update(choice={"chosen": 4, "reason": "r", "collapse_at": None, "collapse_reason": None,
+                                "rule": "r"}), "choice.chosen is epoch 4; the history has epochs 0-1"),
+    (lambda c: c.update(choice={"chosen": "source", "reason": "r", "collapse_at": None, "collapse_reason": None,
+                                "rule": "r"}), "choice.chosen is 'source' but the history has no source record"),
+    (lambda c: c["epochs"][0].update(implausible_classes=["liver"]), "epochs.0.implausible_classes names"),
     (lambda c: c.update(format="nnunet-sfda-prior"), "not an nnunet-sfda-history file"),
 ])
 def test_history_errors_name_the_file_and_field(tmp_path, change, message):
@@ -75,6 +80,20 @@ def test_history_errors_name_the_file_and_field(tmp_path, change, message):
     with pytest.raises(RecordError) as err:
         load_history(path)
     assert str(err.value).startswith(f"{path}: ") and message in str(err.value)
+
+
+def test_format_version_1_is_migrated_and_the_choice_round_trips(tmp_path):
+    content = history().model_dump()
+    path = tmp_path / "sfda_history.json"
+    path.write_text(json.dumps({**content, "format_version": 1}))
+    migrated = load_history(path)
+    assert migrated.epochs == history().epochs and migrated.source is None and migrated.choice is None
+    scored = history().with_fields(source={"label_free_scores": {"choice_score": 0.9}, "implausible_classes": []},
+                                   choice={"chosen": "source", "reason": "r", "collapse_at": 1,
+                                           "collapse_reason": "c", "rule": "rule"})
+    back = load_history(save_history(scored, path))
+    assert back.choice.chosen == "source" and back.choice.collapse_at == 1
+    assert [c for c, _ in back.scored_candidates()] == ["source", 0, 1]
 
 
 UNVERSIONED = {

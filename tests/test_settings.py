@@ -5,10 +5,12 @@ from nnunet_sfda.settings import load_settings, settings_env
 
 
 def test_unset_variables_leave_defaults(monkeypatch):
-    for name in ("seed", "prior", "kl_weight", "lr", "num_epochs", "iterations_per_epoch", "val_iterations"):
+    for name in ("seed", "prior", "kl_weight", "lr", "num_epochs", "iterations_per_epoch", "val_iterations",
+                 "save_every_epoch"):
         monkeypatch.delenv(f"nnUNet_sfda_{name}", raising=False)
     assert load_settings().model_dump() == dict(seed=None, prior=None, kl_weight=None, lr=None, num_epochs=None,
-                                                iterations_per_epoch=None, val_iterations=None)
+                                                iterations_per_epoch=None, val_iterations=None,
+                                                save_every_epoch=None)
 
 
 def test_values_are_parsed(monkeypatch):

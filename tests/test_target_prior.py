@@ -12,9 +12,11 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from nnunet_sfda import cli
-from nnunet_sfda.priors import PriorError
+from nnunet_sfda import cli, target_prior
+from nnunet_sfda.metrics import LabelMapError
+from nnunet_sfda.priors import PriorError, load_prior
 from nnunet_sfda.priors.anatomy import parse_table
+from nnunet_sfda.priors.geometry import CaseGeometry
 from nnunet_sfda.target_prior import check_options, estimate_prior, write_label_statistics_table
 
 
@@ -125,9 +127,52 @@ def test_label_stats_names_an_unreadable_or_2d_label_map(label_folder, tmp_path)
     folder, dataset_json = label_folder
     bad = folder / "c9.nii.gz"
     bad.write_bytes((folder / "c0.nii.gz").read_bytes()[:40])  # truncated
-    with pytest.raises(PriorError, match=r"c9\.nii\.gz: cannot be read as an image") as err:
+    with pytest.raises(LabelMapError, match=r"c9\.nii\.gz: cannot be read as an image") as err:
         write_label_statistics_table(folder, dataset_json, tmp_path / "stats.csv")
     assert "\n" not in str(err.value)
     _label_map(bad, np.zeros((6, 6)))
     with pytest.raises(PriorError, match=r"c9\.nii\.gz: a 2D label map among 3D ones"):
         write_label_statistics_table(folder, dataset_json, tmp_path / "stats.csv")
+
+
+# ------------------------------------------------------------------------------- estimate-prior's plausible ranges
+
+
+@pytest.fixture
+def fake_target(tmp_path: Path, monkeypatch) -> Path:
+    """A prepared target of two cases (1 mL voxels; fields of view 1000 and 500 mL) without running nnU-Net."""
+    geometries = [CaseGeometry("c0", (10, 10, 10), (10.0, 10.0, 10.0), (0, 0, 0), (0, 1, 2), (10, 10, 10)),
+                  CaseGeometry("c1", (5, 10, 10), (10.0, 10.0, 10.0), (0, 0, 0), (0, 1, 2), (5, 10, 10))]
+    monkeypatch.setattr(target_prior, "preprocessed_dataset_folder", lambda dataset: tmp_path)
+    monkeypatch.setattr(target_prior, "prepared_dataset_json",
+                        lambda folder: {"labels": {"background": 0, "organ": 1}, "file_ending": ".nii.gz"})
+    monkeypatch.setattr(target_prior, "case_geometries", lambda folder: geometries)
+    monkeypatch.setattr(target_prior, "check_prior_fits_target", lambda prior, folder, where: [])
+    return tmp_path
+
+
+def test_estimate_prior_from_a_table_fills_the_plausible_ranges(fake_target):
+    table = fake_target / "table.csv"
+    table.write_text("structure,population,default,volume_mean,volume_sd,volume_low,volume_high,unit,"
+                     "density_g_per_ml,reference,note\nblob,adult,1,40,,20,80,mL,,Ref,\n")
+    result = estimate_prior("Dataset999_Fake", anatomy=str(table), structures={"organ": "blob"})
+    prior = load_prior(result.path)
+    assert result.path == fake_target / "sfda_prior.json" and prior.format_version == 2
+    assert prior.plausible_volume_ml == {"organ": (20.0, 80.0)}
+    assert prior.per_case_bounds["c0"]["organ"] == pytest.approx((0.02, 0.08))
+    assert prior.per_case_bounds["c1"]["organ"] == pytest.approx((0.04, 0.16))
+    assert prior.per_case["c1"]["organ"] == pytest.approx(40 / 500, rel=1e-12)
+
+
+def test_estimate_prior_from_label_maps_fills_the_widened_ranges(fake_target, label_folder):
+    folder, _ = label_folder  # organ volumes 0.08 and 0.32 mL
+    prior = load_prior(estimate_prior("Dataset999_Fake", labels=str(folder), output=fake_target / "p.json").path)
+    assert prior.plausible_volume_ml["organ"] == pytest.approx((0.08 / 1.25, 0.32 * 1.25))
+    assert prior.per_case_bounds["c0"]["organ"] == pytest.approx((0.064 / 1000, 0.4 / 1000))
+    assert prior.upper["organ"] == pytest.approx(0.32 / 500)  # the envelope keeps the measured range
+    assert prior.provenance.parameters["range_margin"] == 0.25
+
+
+def test_estimate_prior_from_constants_states_no_range(fake_target):
+    prior = load_prior(estimate_prior("Dataset999_Fake", ratios=[0.9, 0.1]).path)
+    assert prior.plausible_volume_ml is None and prior.per_case_bounds is None

@@ -20,6 +20,7 @@ FAST = {"nnUNet_n_proc_DA": "0", **settings_env(num_epochs=2, iterations_per_epo
 # a trainer identical to nnUNetTrainerSFDA whose training loss turns NaN in epoch 1 while a file FAULT lies beside it
 FAULT_TRAINER = '''
 import dataclasses
+from pathlib import Path
 
 from nnunet_sfda.trainers import nnUNetTrainerSFDA
 
@@ -73,6 +74,7 @@ def test_interrupted_run_stops_on_nan_and_resumes_bit_identical(source_model, ta
     assert settings.optimizer.startswith("SGD(") and settings.environment["nnUNet_sfda_seed"] == "0"
     history = load_history(reference / "sfda_history.json")
     assert [e.epoch for e in history.epochs] == [0, 1]
+    assert history.source.label_free_scores and all(e.label_free_scores for e in history.epochs)
     assert history.epochs[0].train.loss_prior["organ"] < 0.05  # the 2d patch is larger than the slice: padding
     assert set(history.epochs[0].monitoring_dice) == {"organ"}
     assert not (reference / "checkpoint_latest.pth").exists()  # a finished run keeps only its final checkpoint
@@ -100,8 +102,9 @@ def test_interrupted_run_stops_on_nan_and_resumes_bit_identical(source_model, ta
     resumed = train(env, target, "nnUNetTrainerSFDA_faultTest", "--c")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "continuing" in resumed.stdout and "starting from all source weights" not in resumed.stdout
-    a, b = weights(reference / "checkpoint_final.pth"), weights(fold / "checkpoint_final.pth")
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    for name in ("checkpoint_last.pth", "checkpoint_final.pth"):  # the last epoch, and the label-free choice
+        a, b = weights(reference / name), weights(fold / name)
+        assert all(torch.equal(a[k], b[k]) for k in a), name
     resumed_history = load_history(fold / "sfda_history.json")
     assert [e.model_dump_json() for e in resumed_history.epochs] == [e.model_dump_json() for e in history.epochs]
     assert load_run_settings(fold / "sfda_settings.json").resumed_at_epochs == [1]

@@ -15,7 +15,12 @@ EXPECTED = {  # class -> (refused settings, (initial_lr, num_epochs, iterations,
     "nnUNetTrainerSFDA_Adam": (set(), (1e-4, 12, 25, 5, 1.0)),
     "nnUNetTrainerSFDA_entropyOnly": ({"kl_weight"}, (1e-3, 12, 25, 5, 0.0)),
     "nnUNetTrainerSFDA_tent": ({"kl_weight"}, (1e-3, 12, 25, 5, 0.0)),
-    "nnUNetTrainer_sfdaShort": ({"kl_weight", "prior"}, (1e-2, 6, 50, 5, None)),
+    "nnUNetTrainer_sfdaShort": ({"kl_weight", "prior", "save_every_epoch"}, (1e-2, 6, 50, 5, None)),
+    "nnUNetTrainerSFDA_consistency": ({"kl_weight"}, (1e-4, 12, 25, 5, 0.0)),
+    "nnUNetTrainerSFDA_consistencyAdaMI": (set(), (1e-3, 12, 25, 5, 1.0)),
+    "nnUNetTrainerSFDA_selfTrain": (set(), (1e-3, 12, 25, 5, 1.0)),
+    "nnUNetTrainerSFDA_selfTrainAdaMI": (set(), (1e-3, 12, 25, 5, 1.0)),
+    "nnUNetTrainerSFDA_coverage": (set(), (1e-3, 12, 25, 5, 1.0)),
 }
 
 

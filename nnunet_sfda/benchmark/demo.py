@@ -2,8 +2,8 @@
 
 Everything runs through the stock nnU-Net commands and ``nnunet-sfda`` as a user would type them, with nnU-Net's
 three folders inside the demo's working folder, so the user's own datasets are never touched. The working folder is
-marked as the demo's when it is made; ``--overwrite`` replaces only such a folder
-(:mod:`~nnunet_sfda.benchmark.output_folder`).
+marked as the demo's when it is made; ``--overwrite`` replaces only such a folder (:mod:`nnunet_sfda.output_folder`).
+The numbers go to ``demo_results.json`` (:class:`~nnunet_sfda.benchmark.result_files.DemoResults`).
 
 The target's training labels are copied into its ``labelsTr`` before preparation, as the benchmark does, so the
 adaptation curves show a monitoring Dice; the trainer never trains on them (``tests/test_end_to_end.py`` checks that
@@ -18,16 +18,16 @@ from pathlib import Path
 
 from nnunet_sfda.benchmark.commands import PREDICT_OPTIONS, StepRunner, nnunet_env
 from nnunet_sfda.benchmark.methods import SOURCE_TRAINER
-from nnunet_sfda.benchmark.output_folder import claim_output_folder
 from nnunet_sfda.benchmark.phantom import SHIFT_FAMILIES, DemoLayout, make_demo_datasets
-from nnunet_sfda.files import atomic_write_json, read_json
+from nnunet_sfda.benchmark.result_files import DEMO_RESULTS_FILE_NAME, DemoResults, write_result_file
+from nnunet_sfda.files import read_json
 from nnunet_sfda.metrics import folder_mean_foreground_dice
+from nnunet_sfda.output_folder import claim_output_folder
 from nnunet_sfda.settings import settings_env
 
 CONFIGURATION = "2d"
 #: the demo's target domain (frozen: the demo's numbers are measured on it)
 SHIFT_FAMILY = "default"
-RESULTS_FILE_NAME = "demo_results.json"
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ def run_demo(work: Path, overwrite: bool = False, device: str = "cpu", seed: int
     """Run the demo in ``work`` (new, empty, or an earlier demo's folder with ``overwrite``); print and return the
     mean foreground Dice before and after adaptation."""
     work = Path(work).resolve()
-    replaced = claim_output_folder(work, "demo", overwrite=overwrite, legacy_file=RESULTS_FILE_NAME)
+    replaced = claim_output_folder(work, "demo", overwrite=overwrite, legacy_file=DEMO_RESULTS_FILE_NAME)
     raw, res = work / "nnUNet_raw", work / "nnUNet_results"
     env = nnunet_env(work)
     train_env = {"nnUNet_n_proc_DA": env.get("nnUNet_n_proc_DA", "0"), **settings_env(seed=seed)}
@@ -92,9 +92,9 @@ def run_demo(work: Path, overwrite: bool = False, device: str = "cpu", seed: int
     before = folder_mean_foreground_dice(preds / "source_only", layout.target_test_labels, labels, cases)
     after = folder_mean_foreground_dice(preds / "adapted", layout.target_test_labels, labels, cases)
     seconds = time.monotonic() - runner.start
-    results_file = atomic_write_json(work / RESULTS_FILE_NAME, {
-        "source_only_dice": before, "adapted_dice": after, "seconds": seconds, "test_cases": cases,
-        "shift_family": family.name, "shift": list(layout.shifts)})
+    results_file = write_result_file(DemoResults(source_only_dice=before, adapted_dice=after, seconds=seconds,
+                                                 test_cases=cases, shift_family=family.name,
+                                                 shift=list(layout.shifts)), work / DEMO_RESULTS_FILE_NAME, indent=2)
     print(f"\nMean foreground Dice on {len(cases)} held-out target test cases:")
     print(f"  source only : {before:.3f}")
     print(f"  adapted     : {after:.3f}   ({after - before:+.3f})")

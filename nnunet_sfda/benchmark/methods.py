@@ -29,6 +29,14 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            prior_mode="batch_marginal"),
     Method("adami_true_size", "nnUNetTrainerSFDA_trueSize", "AdaMI with the true target ratios (upper bound)",
            prior="true_size"),
+    Method("adami_coverage", "nnUNetTrainerSFDA_coverage",
+           "AdaMI, batch-marginal with coverage-weighted crop ratios (unbiased for 3d crops)"),
+    Method("consistency", "nnUNetTrainerSFDA_consistency", "two-view soft-Dice consistency (DG-TTA's objective)"),
+    Method("consistency_adami", "nnUNetTrainerSFDA_consistencyAdaMI", "AdaMI + two-view consistency"),
+    Method("self_training", "nnUNetTrainerSFDA_selfTrain",
+           "confident pseudo-labels of the frozen source model, CE + Dice + λ·KL"),
+    Method("adami_self_training", "nnUNetTrainerSFDA_selfTrainAdaMI",
+           "self-training from AdaMI's adapted weights (runs after adami)"),
     Method("oracle", SOURCE_TRAINER, "supervised on the labelled target training cases (upper bound)", prior="none"),
 )}
 

@@ -26,8 +26,10 @@ monitoring Dice; the trainer never reads labels for training (``tests/test_end_t
 weights are bit-identical with and without them). The oracle trains on the same copy.
 
 All nnU-Net folders live inside the output folder, which the benchmark marks as its own when it creates it
-(:mod:`~nnunet_sfda.benchmark.output_folder`): ``--overwrite`` and ``--resume`` act only on such a folder. Each
-finished method writes ``runs/<shift>/<method>/method.json``; ``--resume`` skips what is finished.
+(:mod:`nnunet_sfda.output_folder`): ``--overwrite`` and ``--resume`` act only on such a folder. Each finished
+method writes ``runs/<shift>/<method>/method.json``; ``--resume`` skips what is finished. The files it writes and
+reads back are the models of :mod:`~nnunet_sfda.benchmark.result_files`; the presets are
+:data:`nnunet_sfda.benchmark.presets.PRESETS`.
 """
 from __future__ import annotations
 
@@ -35,6 +37,7 @@ import os
 import platform
 import shutil
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -45,53 +48,33 @@ from nnunet_sfda import records
 from nnunet_sfda.benchmark import figures, tables
 from nnunet_sfda.benchmark.commands import PREDICT_OPTIONS, StepRunner, nnunet_env
 from nnunet_sfda.benchmark.methods import METHODS, SOURCE_TRAINER, Method, parse_methods
-from nnunet_sfda.benchmark.output_folder import claim_output_folder
-from nnunet_sfda.benchmark.phantom import (
-    SHIFT_FAMILIES,
-    PhantomSpec,
-    resolve_family_names,
-    write_cases,
-    write_dataset,
+from nnunet_sfda.benchmark.phantom import SHIFT_FAMILIES, resolve_family_names, write_cases, write_dataset
+from nnunet_sfda.benchmark.presets import Preset, preset_named
+from nnunet_sfda.benchmark.result_files import (
+    BENCHMARK_ARGUMENTS_FILE_NAME,
+    BENCHMARK_RESULTS_FILE_NAME,
+    METHOD_FILE_NAME,
+    BenchmarkArguments,
+    BenchmarkResults,
+    Budget,
+    FailedMethod,
+    MethodEntry,
+    MethodRecord,
+    ShiftResults,
+    read_result_file,
+    write_result_file,
 )
-from nnunet_sfda.files import atomic_write_json, read_json
+from nnunet_sfda.files import read_json
 from nnunet_sfda.metrics import evaluate_folder, read_label_map, summarize
+from nnunet_sfda.output_folder import claim_output_folder
 from nnunet_sfda.prepared import RECORD_FILE_NAME
 from nnunet_sfda.priors import PRIOR_FILE_NAME
 from nnunet_sfda.settings import settings_env
 from nnunet_sfda.target_prior import TRUE_SIZE_PRIOR_FILE_NAME
 
-#: the run's arguments, written when the folder is made and read back by --resume
-CONFIG_FILE_NAME = "benchmark.json"
 SOURCE_ID = 701
 FIRST_TARGET_ID = 710
 GAP_MIN = 0.01  # gap_closure is null where oracle − source_only is smaller than this
-
-
-@dataclass(frozen=True)
-class Preset:
-    name: str
-    spec: PhantomSpec
-    num_source: int
-    num_target: int
-    num_test: int
-    configuration: str
-    source_epochs: int
-    source_iterations: int
-    adapt_epochs: int
-    adapt_iterations: int
-    val_iterations: int
-    default_shifts: str = "default"
-    note: str = ""
-
-
-PRESETS: dict[str, Preset] = {p.name: p for p in (
-    Preset("micro", PhantomSpec(shape=(6, 40, 40)), 4, 3, 2, "2d", 1, 4, 1, 3, 1,
-           note="smoke test only: numbers mean nothing"),
-    Preset("quick", PhantomSpec(), 10, 10, 6, "2d", 3, 50, 12, 25, 5,
-           note="the demo's size; 16.5 min measured on an idle 2-core CPU"),
-    Preset("full", PhantomSpec(shape=(24, 128, 128), spacing=(3.0, 0.75, 0.75)), 20, 16, 8, "2d", 10, 100, 12, 25,
-           5, note="for one GPU: every shift within one 8-minute command per shift"),
-)}
 
 
 @dataclass
@@ -206,11 +189,12 @@ class Benchmark:
                            *PREDICT_OPTIONS], f"{shift}_{method}_predict")
         return pred
 
-    def _run_method(self, shift: str, method: Method, source: str, target: str, data: Path) -> dict:
+    def _run_method(self, shift: str, method: Method, source: str, target: str, data: Path) -> MethodEntry:
         run_dir = self.out / "runs" / shift / method.name
-        done = run_dir / "method.json"
+        done = run_dir / METHOD_FILE_NAME
         if done.is_file():
-            return read_json(done, "the result of a finished benchmark method")
+            return read_result_file(MethodRecord, done, "the result of a finished benchmark method",
+                                    f"delete {run_dir} and pass --resume again to rerun {method.name}").entry()
         run_dir.mkdir(parents=True, exist_ok=True)
         seconds = 0.0
         if method.name == "source_only":
@@ -237,54 +221,55 @@ class Benchmark:
             pred = self._predict(shift, method.name, target, method.trainer, data, run_dir)
         labels = read_json(self.out / "nnUNet_raw" / target / "dataset.json", "the target's dataset.json")["labels"]
         per_case = evaluate_folder(pred, data / "test" / "labels", labels)
-        entry = {**summarize(per_case), "seconds": round(seconds, 1), "trainer": method.trainer,
-                 "per_case_dice": {m.case: m.dice for m in per_case}}
-        if (run_dir / records.SETTINGS_FILE_NAME).is_file():
-            entry["prior_mode"] = records.load_run_settings(run_dir / records.SETTINGS_FILE_NAME).prior_mode
-        atomic_write_json(done, entry, indent=1)
-        dice = entry["dice"]
-        self.progress.say(f"[{shift}] {method.name}: Dice {dice:.3f}" if dice is not None else
+        settings = run_dir / records.SETTINGS_FILE_NAME
+        record = MethodRecord(**summarize(per_case), seconds=round(seconds, 1), trainer=method.trainer,
+                              per_case_dice={m.case: m.dice for m in per_case},
+                              prior_mode=records.load_run_settings(settings).prior_mode if settings.is_file() else None)
+        write_result_file(record, done)
+        self.progress.say(f"[{shift}] {method.name}: Dice {record.dice:.3f}" if record.dice is not None else
                           f"[{shift}] {method.name}: no Dice")
-        return entry
+        return record.entry()
 
-    def _run_shift(self, index: int, shift: str, source: str, model: Path) -> dict:
+    def _run_shift(self, index: int, shift: str, source: str, model: Path) -> ShiftResults:
         target, data = self._target(index, shift, model)
-        results: dict[str, dict] = {}
+        results: dict[str, MethodEntry | FailedMethod] = {}
         order = sorted(self.cfg.methods, key=lambda m: (m not in ("source_only", "adami"), list(METHODS).index(m)))
         for name in order:
             method = METHODS[name]
-            mode = results.get("adami", {}).get("prior_mode")
+            adami = results.get("adami")
+            mode = adami.prior_mode if isinstance(adami, MethodEntry) else None
             if method.prior_mode is not None and method.prior_mode == mode:
-                results[name] = {**results["adami"], "same_run_as": "adami"}
+                results[name] = adami.model_copy(update={"same_run_as": "adami"})
                 continue
             try:
                 results[name] = self._run_method(shift, method, source, target, data)
             except RuntimeError as err:  # one failing method must not lose the others' results
                 self.progress.say(f"[{shift}] {name} FAILED: {str(err).splitlines()[0]}")
-                results[name] = {"dice": None, "error": str(err).splitlines()[0]}
-        return {"methods": {m: results[m] for m in METHODS if m in results},
-                "description": SHIFT_FAMILIES[shift].description, "target_dataset": target}
+                results[name] = FailedMethod(error=str(err).splitlines()[0])
+        closures = gap_closures({m: entry.dice for m, entry in results.items()})
+        methods = {m: results[m].model_copy(update={"gap_closure": closures[m]}) if isinstance(results[m], MethodEntry)
+                   else results[m] for m in METHODS if m in results}
+        return ShiftResults(methods=methods, description=SHIFT_FAMILIES[shift].description, target_dataset=target)
 
     def run(self) -> dict:
-        atomic_write_json(self.out / CONFIG_FILE_NAME, {"preset": self.p.name, "shifts": self.cfg.shifts,
-                                                        "methods": self.cfg.methods, "seed": self.cfg.seed,
-                                                        "device": self.cfg.device}, indent=1)
+        write_result_file(BenchmarkArguments(preset=self.p.name, shifts=self.cfg.shifts, methods=self.cfg.methods,
+                                             seed=self.cfg.seed, device=self.cfg.device),
+                          self.out / BENCHMARK_ARGUMENTS_FILE_NAME)
         self.progress.say(f"benchmark preset '{self.p.name}' ({self.p.note}); shifts: {', '.join(self.cfg.shifts)}; "
                           f"methods: {', '.join(self.cfg.methods)}; folder {self.out}")
         source, model = self._source()
-        shifts = {}
-        for index, shift in enumerate(self.cfg.shifts):
-            shifts[shift] = self._run_shift(index, shift, source, model)
-            add_gap_closure(shifts[shift]["methods"])
-        results = {"preset": self.p.name, "shift": self.cfg.shifts[0], "configuration": self.p.configuration,
-                   "methods": shifts[self.cfg.shifts[0]]["methods"], "shifts": shifts,
-                   "machine": _machine(self.cfg.device), "device": self.cfg.device, "versions": _versions(),
-                   "budget": {"source_iterations": self.p.source_epochs * self.p.source_iterations,
-                              "adaptation_iterations": self.p.adapt_epochs * self.p.adapt_iterations},
-                   "minutes": round((time.monotonic() - self.progress.start) / 60, 1)}
-        atomic_write_json(self.out / "results.json", results, indent=1)
-        self._report(results)
-        return results
+        shifts = {shift: self._run_shift(index, shift, source, model) for index, shift in enumerate(self.cfg.shifts)}
+        results = BenchmarkResults(
+            preset=self.p.name, shift=self.cfg.shifts[0], configuration=self.p.configuration,
+            methods=shifts[self.cfg.shifts[0]].methods, shifts=shifts, machine=_machine(self.cfg.device),
+            device=self.cfg.device, versions=_versions(),
+            budget=Budget(source_iterations=self.p.source_epochs * self.p.source_iterations,
+                          adaptation_iterations=self.p.adapt_epochs * self.p.adapt_iterations),
+            minutes=round((time.monotonic() - self.progress.start) / 60, 1))
+        write_result_file(results, self.out / BENCHMARK_RESULTS_FILE_NAME)
+        content = results.model_dump()
+        self._report(content)
+        return content
 
     # -- report ------------------------------------------------------------------------------------------------
     def _report(self, results: dict) -> None:
@@ -301,7 +286,7 @@ class Benchmark:
             if histories:
                 figures.plot_adaptation_curves(histories, folder / f"curves_{shift}.png", title=f"shift: {shift}")
             self._examples(shift, folder / f"examples_{shift}.png")
-        self.progress.say(f"results: {self.out / 'results.json'}, {md.name}, {csv_file.name}, figures/")
+        self.progress.say(f"results: {self.out / BENCHMARK_RESULTS_FILE_NAME}, {md.name}, {csv_file.name}, figures/")
 
     def _examples(self, shift: str, path: Path) -> None:
         data = self.out / "data" / shift / "test"
@@ -316,33 +301,31 @@ class Benchmark:
         figures.plot_examples(image, truth, predictions, path, title=f"shift {shift}, {case}")
 
 
-def add_gap_closure(methods: dict[str, dict]) -> None:
-    """gap_closure = (method − source_only) / (oracle − source_only), null where that gap is below 0.01 Dice."""
-    base = (methods.get("source_only") or {}).get("dice")
-    top = (methods.get("oracle") or {}).get("dice")
+def gap_closures(dice: Mapping[str, float | None]) -> dict[str, float | None]:
+    """Per method (``dice``: method -> Dice), gap closure = (method − source_only) / (oracle − source_only); None
+    where that gap is below 0.01 Dice, an end is missing, or the method has no Dice."""
+    base, top = dice.get("source_only"), dice.get("oracle")
     gap = None if base is None or top is None else top - base
-    for entry in methods.values():
-        dice = entry.get("dice")
-        entry["gap_closure"] = (None if gap is None or gap < GAP_MIN or dice is None
-                                else round((dice - base) / gap, 4))
+    return {name: None if gap is None or gap < GAP_MIN or value is None else round((value - base) / gap, 4)
+            for name, value in dice.items()}
 
 
 def run_benchmark(out: str | os.PathLike, preset: str = "quick", methods: str | None = None,
                   shifts: str | None = None, device: str = "cpu", resume: bool = False,
                   overwrite: bool = False, seed: int = 0) -> dict:
     """Run the benchmark into ``out`` (see the module docstring); returns the results dict."""
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
-    chosen = PRESETS[preset]
+    chosen = preset_named(preset)
     shift_names = resolve_family_names(shifts or chosen.default_shifts)
     method_names = parse_methods(methods)
     out = Path(out).resolve()
-    claim_output_folder(out, "benchmark", overwrite=overwrite, resume=resume, legacy_file=CONFIG_FILE_NAME)
+    claim_output_folder(out, "benchmark", overwrite=overwrite, resume=resume,
+                        legacy_file=BENCHMARK_ARGUMENTS_FILE_NAME)
     if resume:
-        saved = read_json(out / CONFIG_FILE_NAME, "the arguments of the benchmark run to resume")
-        if saved["preset"] != preset:
-            raise ValueError(f"{out} was run with preset {saved['preset']!r}; resume it with --preset "
-                             f"{saved['preset']}")
+        saved = read_result_file(BenchmarkArguments, out / BENCHMARK_ARGUMENTS_FILE_NAME,
+                                 "the arguments of the benchmark run to resume",
+                                 "start the run again with --overwrite (or into another -o)")
+        if saved.preset != preset:
+            raise ValueError(f"{out} was run with preset {saved.preset!r}; resume it with --preset {saved.preset}")
     return Benchmark(BenchmarkConfig(out, chosen, shift_names, method_names, device, seed)).run()
 
 
@@ -359,4 +342,4 @@ def result_summary(results: dict) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["PRESETS", "Benchmark", "BenchmarkConfig", "Preset", "add_gap_closure", "result_summary", "run_benchmark"]
+__all__ = ["Benchmark", "BenchmarkConfig", "gap_closures", "result_summary", "run_benchmark"]

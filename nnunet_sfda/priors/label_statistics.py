@@ -4,6 +4,12 @@
 The volumes feed :func:`~nnunet_sfda.priors.structure_volumes.volume_prior` like an anatomy table's rows, and
 :func:`label_statistics_table` writes them as an anatomy table a source site can ship with its model (volumes, not
 images).
+
+Plausible range
+    The min..max over a few source label maps rarely shows the extremes of the population, so the prior's
+    plausible ranges (``plausible_volume_ml``, ``per_case_bounds``) widen it by :data:`RANGE_MARGIN` both ways:
+    ``min / 1.25 .. max * 1.25`` (``volume_prior(..., range_margin=RANGE_MARGIN)``). The ratios, the
+    ``lower``/``upper`` envelope and the table :func:`label_statistics_table` writes keep the measured min..max.
 """
 from __future__ import annotations
 
@@ -19,7 +25,10 @@ import numpy as np
 from .anatomy import TABLE_COLUMNS, StructureVolume
 from .model import PriorError
 
-__all__ = ["LabelStatistics", "label_statistics", "label_statistics_table"]
+__all__ = ["RANGE_MARGIN", "LabelStatistics", "label_statistics", "label_statistics_table"]
+
+#: the plausible range of label-map volumes: the measured min..max widened to min / (1 + m) .. max * (1 + m)
+RANGE_MARGIN = 0.25
 
 
 @dataclass(frozen=True)

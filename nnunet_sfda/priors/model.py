@@ -14,8 +14,10 @@ and stored in nnU-Net's preprocessed folder of the *target* dataset.  Fields:
 ``format`` (required)
     Always ``"nnunet-sfda-prior"``.  Anything else is not a prior file.
 ``format_version`` (required)
-    Integer, currently ``1`` (:data:`CURRENT_FORMAT_VERSION`).  A reader refuses
-    files with a newer version instead of guessing their meaning.
+    Integer, currently ``2`` (:data:`CURRENT_FORMAT_VERSION`).  A reader refuses
+    files with a newer version instead of guessing their meaning.  Version ``1``
+    files (no ``plausible_volume_ml``, no ``per_case_bounds``) are migrated on
+    reading: the new fields are ``null``; saving writes version 2.
 ``labels``
     Class names in label order, i.e. the names of the target ``dataset.json``
     ``labels`` mapping (name -> integer value) sorted by value, background first,
@@ -38,6 +40,18 @@ and stored in nnU-Net's preprocessed folder of the *target* dataset.  Fields:
 ``lower``, ``upper`` (optional)
     Bounds per label on the ratio (keys exactly ``labels``), with
     ``0 <= lower <= upper <= 1`` for every label.  Either may be given alone.
+    One envelope for the whole dataset: format version 1's only range (the volume
+    estimators fill it from each structure's volume range over all cases).
+``plausible_volume_ml`` (optional, version 2)
+    Foreground label name -> ``[low, high]``: the structure's plausible physical
+    volume in mL, ``0 <= low <= high`` (finite).  Keys are foreground labels
+    (background is not a structure); a label without an entry has no stated range.
+    Not tied to a case: an anatomy table's range, or the range of source label maps.
+``per_case_bounds`` (optional, version 2)
+    Case identifier -> label name -> ``[low, high]``: the plausible ratio range of
+    that case in the prior's frame (keys exactly ``labels``, ``0 <= low <= high <= 1``).
+    The volume estimators fill it with ``plausible_volume_ml`` divided by the
+    case's field of view, clipped to [0, 1]; background gets the rest.
 ``tags`` (optional)
     Case identifier -> label name -> sorted or unsorted list of slice indices
     (non-negative ints) where that label is present.  Label names must be in
@@ -59,11 +73,12 @@ and stored in nnU-Net's preprocessed folder of the *target* dataset.  Fields:
 No other fields are allowed at any level; unknown fields are reported as errors,
 so a typo never silently drops information.
 
-Example (``per_slice``, ``lower``, ``upper`` and ``tags`` omitted as ``null``)::
+Example (``per_slice``, ``lower``, ``upper``, ``tags``, ``plausible_volume_ml`` and
+``per_case_bounds`` given as ``null``)::
 
     {
       "format": "nnunet-sfda-prior",
-      "format_version": 1,
+      "format_version": 2,
       "labels": ["background", "organ"],
       "dataset_ratio": {"background": 0.95, "organ": 0.05},
       "per_case": {"case_003": {"background": 0.97, "organ": 0.03}},
@@ -71,6 +86,8 @@ Example (``per_slice``, ``lower``, ``upper`` and ``tags`` omitted as ``null``)::
       "lower": null,
       "upper": null,
       "tags": null,
+      "plausible_volume_ml": null,
+      "per_case_bounds": null,
       "kind": "estimate",
       "frame": "network input: after nnU-Net crop to non-zero region and resampling",
       "provenance": {
@@ -90,7 +107,8 @@ Python API
 :class:`PriorError` (a ``ValueError``) whose message names the file, the field path
 (e.g. ``per_case.case_003.organ``) and what was expected.
 :func:`check_prior_labels` compares a prior with a ``dataset.json`` ``labels``
-mapping.
+mapping.  :meth:`ClassRatioPrior.ratio_vector` gives the ratios the loss uses,
+:meth:`ClassRatioPrior.ratio_range` the plausible ratio range of a case.
 """
 
 from __future__ import annotations
@@ -137,7 +155,9 @@ __all__ = [
 ]
 
 FORMAT_NAME = "nnunet-sfda-prior"
-CURRENT_FORMAT_VERSION = 1
+CURRENT_FORMAT_VERSION = 2
+#: Fields added in each format version after the first; an older file must not hold them.
+FIELDS_ADDED_IN_VERSION: dict[int, tuple[str, ...]] = {2: ("plausible_volume_ml", "per_case_bounds")}
 PRIOR_FILE_NAME = "sfda_prior.json"
 DEFAULT_FRAME = "network input: after nnU-Net crop to non-zero region and resampling"
 RATIO_SUM_TOLERANCE = 1e-3
@@ -169,6 +189,20 @@ def _check_ratio_sum(mapping: dict[str, float]) -> dict[str, float]:
 Ratio = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
 RatioMap = Annotated[dict[str, Ratio], AfterValidator(_check_ratio_sum)]
 Bound = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
+VolumeMl = Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
+
+
+def _check_range_order(bounds: tuple[float, float]) -> tuple[float, float]:
+    low, high = bounds
+    if low > high:
+        raise PydanticCustomError("prior_range_order", "low {low} is above high {high}; expected [low, high] with "
+                                  "low <= high", {"low": f"{low:g}", "high": f"{high:g}"})
+    return bounds
+
+
+#: ``[low, high]`` of a ratio (in [0, 1]) and of a volume in mL (>= 0)
+RatioRange = Annotated[tuple[Ratio, Ratio], AfterValidator(_check_range_order)]
+VolumeRange = Annotated[tuple[VolumeMl, VolumeMl], AfterValidator(_check_range_order)]
 
 
 def _error(kind: str, message: str, loc: tuple[str | int, ...], value: Any) -> InitErrorDetails:
@@ -244,6 +278,8 @@ class ClassRatioPrior(BaseModel):
     lower: dict[str, Bound] | None = None
     upper: dict[str, Bound] | None = None
     tags: dict[str, dict[str, list[NonNegativeInt]]] | None = None
+    plausible_volume_ml: dict[str, VolumeRange] | None = None
+    per_case_bounds: dict[str, dict[str, RatioRange]] | None = None
     kind: Literal["estimate", "true_size"] = "estimate"
     frame: str = DEFAULT_FRAME
     provenance: Provenance
@@ -253,7 +289,7 @@ class ClassRatioPrior(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _check_format_first(cls, data: Any, info: ValidationInfo) -> Any:
-        """Reject non-prior files and newer versions before looking at any other field."""
+        """Reject non-prior files and newer versions before looking at any other field; migrate older versions."""
         if not isinstance(data, Mapping):
             return data
         from_file = bool(info.context and info.context.get("from_file"))
@@ -275,7 +311,7 @@ class ClassRatioPrior(BaseModel):
                 "update nnunet_sfda to read this file",
                 {"got": version, "supported": CURRENT_FORMAT_VERSION},
             )
-        return data
+        return _migrate(data)
 
     @field_validator("labels")
     @classmethod
@@ -321,6 +357,12 @@ class ClassRatioPrior(BaseModel):
             keys_match(self.lower, ("lower",))
         if self.upper is not None:
             keys_match(self.upper, ("upper",))
+        for name, bounds in (self.plausible_volume_ml or {}).items():
+            if name not in labels[1:]:
+                errors.append(_error("prior_label_keys", f"not a foreground label; expected one of: "
+                                     f"{_names(labels[1:])}", ("plausible_volume_ml", name), list(bounds)))
+        for case, mapping in (self.per_case_bounds or {}).items():
+            keys_match(mapping, ("per_case_bounds", case))
         if self.lower is not None and self.upper is not None:
             for name in labels:
                 lo, hi = self.lower.get(name), self.upper.get(name)
@@ -369,6 +411,41 @@ class ClassRatioPrior(BaseModel):
             elif self.per_case is not None and case in self.per_case:
                 mapping = self.per_case[case]
         return np.array([mapping[name] for name in self.labels], dtype=np.float64)
+
+    def ratio_range(self, case: str | None = None) -> tuple[np.ndarray, np.ndarray] | None:
+        """Plausible ratio range ``(low, high)`` in label order (float64 arrays), or None where the prior states none.
+
+        ``per_case_bounds[case]`` if present, else the dataset-wide ``lower``/``upper`` envelope (a missing side is
+        0 or 1). Ranges are stated per case, not per slice: a slice may hold none or all of a structure. Like the
+        ratios, they are fractions of the whole image in the prior's frame: for a patch reaching past the image,
+        pass each side through :func:`~nnunet_sfda.priors.geometry.patch_prior` (padding is background).
+        """
+        if case is not None and case in (self.per_case_bounds or {}):
+            bounds = self.per_case_bounds[case]
+            return (np.array([bounds[n][0] for n in self.labels], dtype=np.float64),
+                    np.array([bounds[n][1] for n in self.labels], dtype=np.float64))
+        if self.lower is None and self.upper is None:
+            return None
+        low = np.array([(self.lower or {}).get(n, 0.0) for n in self.labels], dtype=np.float64)
+        high = np.array([(self.upper or {}).get(n, 1.0) for n in self.labels], dtype=np.float64)
+        return low, high
+
+
+def _migrate(data: Mapping[str, Any]) -> Mapping[str, Any]:
+    """An older format version's content as the current version: fields added since are absent (None)."""
+    version = data.get("format_version")
+    if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version < CURRENT_FORMAT_VERSION:
+        return data  # the current version, or a value the field's own validation refuses
+    for added_in, names in FIELDS_ADDED_IN_VERSION.items():
+        present = [n for n in names if n in data]
+        if added_in > version and present:
+            raise PydanticCustomError(
+                "prior_format_version",
+                "{fields}: not part of format_version {version} (added in format_version {added}); "
+                "set format_version to {added}",
+                {"fields": ", ".join(present), "version": version, "added": added_in},
+            )
+    return {**data, "format_version": CURRENT_FORMAT_VERSION}
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -7,7 +7,14 @@ nnU-Net's crop to the non-zero region, which resampling does not change.
 Volumes -> ratios
     Per case, a structure of volume ``V`` mL in a field of view of ``F`` mL has ratio ``V / F``; background is the
     rest. Foreground volumes that together reach the field of view are an error (the structure cannot fit: the table
-    or the mapping is wrong for these images). Bounds come from the volume range over all cases.
+    or the mapping is wrong for these images).
+Plausible ranges
+    Each structure's volume range ``low..high`` mL (the table row's range; for label maps their min..max), widened
+    to ``low / (1 + range_margin) .. high * (1 + range_margin)``, is written as ``plausible_volume_ml``; divided by
+    a case's field of view and clipped to [0, 1] it is that case's ratio range (``per_case_bounds``; background:
+    1 minus the foreground's sums). ``lower``/``upper`` are, as in format version 1, the envelope over all cases
+    of ``low..high`` (not widened) divided by the field of view (background: 1 minus the envelope's sums). None of
+    these enters the ratios.
 Per-slice ratios (2d)
     With tags (:mod:`.tags`), a structure's volume is spread evenly over the slices where it is tagged present and is
     0 elsewhere (AdaMI's "size where the tag says present"). Without tags, ``slice_model="ellipsoid"`` spreads it
@@ -57,12 +64,13 @@ def ellipsoid_slice_volumes(volume_ml: float, geometry: CaseGeometry) -> np.ndar
 
 def volume_prior(labels: Sequence[str], geometries: Sequence[CaseGeometry], volumes: Mapping[str, StructureVolume],
                  *, tags: Tags | None = None, slice_model: str = DEFAULT_SLICE_MODEL, scale: float = 1.0,
-                 estimator: str = "anatomy", parameters: dict | None = None,
+                 range_margin: float = 0.0, estimator: str = "anatomy", parameters: dict | None = None,
                  source: str | None = None) -> ClassRatioPrior:
     """Per-case (and, with tags or a slice model, per-slice) ratios from structure volumes; see the module doc.
 
     ``volumes`` maps each foreground label to its structure's volume; ``scale`` multiplies every volume (for
-    sensitivity studies); ``tags`` come from :func:`~.tags.parse_tags`.
+    sensitivity studies); ``tags`` come from :func:`~.tags.parse_tags`; ``range_margin`` widens the plausible
+    ranges (module doc; :data:`~.label_statistics.RANGE_MARGIN` for label maps).
     """
     labels = list(labels)
     by_case = geometries_by_case(geometries)
@@ -70,6 +78,8 @@ def volume_prior(labels: Sequence[str], geometries: Sequence[CaseGeometry], volu
         raise PriorError(f"unknown slice model {slice_model!r}; expected one of {', '.join(SLICE_MODELS)}")
     if not (math.isfinite(scale) and scale > 0):
         raise PriorError(f"volume scale must be a positive number, got {scale!r}")
+    if not (math.isfinite(range_margin) and range_margin >= 0):
+        raise PriorError(f"range margin must be a number >= 0, got {range_margin!r}")
     unknown = [name for name in volumes if name not in labels[1:]]
     if unknown:
         raise PriorError(f"no foreground label named {', '.join(map(repr, unknown))}; the target's foreground "
@@ -81,9 +91,11 @@ def volume_prior(labels: Sequence[str], geometries: Sequence[CaseGeometry], volu
     mean = np.array([volumes[n].mean_ml for n in labels[1:]]) * scale
     low = np.array([volumes[n].low_ml for n in labels[1:]]) * scale
     high = np.array([volumes[n].high_ml for n in labels[1:]]) * scale
+    plausible_low, plausible_high = low / (1.0 + range_margin), high * (1.0 + range_margin)
 
     per_case: dict[str, dict[str, float]] = {}
     per_slice: dict[str, dict[int, dict[str, float]]] = {}
+    per_case_bounds: dict[str, dict[str, tuple[float, float]]] = {}
     lower_fg, upper_fg = np.full(len(mean), np.inf), np.zeros(len(mean))
     clamped = 0
     for case, g in sorted(by_case.items()):
@@ -94,6 +106,8 @@ def volume_prior(labels: Sequence[str], geometries: Sequence[CaseGeometry], volu
                              f"({g.fov_ml:.4g} mL after nnU-Net's crop); the table, the --structure mapping or the "
                              "image geometry is wrong for this image (for images without physical spacing use "
                              "--pixels)")
+        per_case_bounds[case] = _case_bounds(labels, plausible_low / g.fov_ml,
+                                             np.minimum(plausible_high / g.fov_ml, 1.0))
         lower_fg = np.minimum(lower_fg, low / g.fov_ml)
         upper_fg = np.maximum(upper_fg, np.minimum(high / g.fov_ml, 1.0))
         case_tags = (tags or {}).get(case)
@@ -123,8 +137,16 @@ def volume_prior(labels: Sequence[str], geometries: Sequence[CaseGeometry], volu
     upper = {labels[0]: min(1.0, 1.0 - float(lower_fg.sum())), **dict(zip(labels[1:], upper_fg))}
     lower = {n: min(float(v), upper[n]) for n, v in lower.items()}
     params = dict(parameters or {})
-    params.update(scale=scale, slice_model=slice_model, tagged_cases=len(tags or {}),
+    params.update(scale=scale, slice_model=slice_model, tagged_cases=len(tags or {}), range_margin=range_margin,
                   volumes_ml={n: round(float(v), 6) for n, v in zip(labels[1:], mean)})
     return build_prior(labels, f"({estimator} prior)", dataset_ratio=mean_ratio_map(labels, per_case),
                        per_case=per_case, per_slice=per_slice or None, lower=lower, upper=upper, tags=tags or None,
-                       provenance=make_provenance(estimator, params, source))
+                       plausible_volume_ml={n: (float(lo), float(hi))
+                                            for n, lo, hi in zip(labels[1:], plausible_low, plausible_high)},
+                       per_case_bounds=per_case_bounds, provenance=make_provenance(estimator, params, source))
+
+
+def _case_bounds(labels: Sequence[str], low_fg: np.ndarray, high_fg: np.ndarray) -> dict[str, tuple[float, float]]:
+    """Label -> ratio range of one case from the foreground ranges; background is what the foreground leaves."""
+    background = (max(0.0, 1.0 - math.fsum(high_fg)), min(1.0, max(0.0, 1.0 - math.fsum(low_fg))))
+    return {labels[0]: background, **{n: (float(lo), float(hi)) for n, lo, hi in zip(labels[1:], low_fg, high_fg)}}

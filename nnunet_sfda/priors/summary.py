@@ -15,7 +15,7 @@ def _fmt(value: float) -> str:
 
 def format_prior_table(prior: ClassRatioPrior) -> str:
     """A short plain-text table: one row per class with the dataset ratio, the min and max over cases (when the
-    prior has per-case ratios) and the bounds (when present)."""
+    prior has per-case ratios), the bounds and the plausible volume range in mL (when present)."""
     header = ["class", "dataset"]
     columns: list[list[str]] = [list(prior.labels), [_fmt(prior.dataset_ratio[n]) for n in prior.labels]]
     if prior.per_case:
@@ -28,6 +28,10 @@ def format_prior_table(prior: ClassRatioPrior) -> str:
     if prior.upper is not None:
         header.append("upper")
         columns.append([_fmt(prior.upper[n]) for n in prior.labels])
+    if prior.plausible_volume_ml:
+        header.append("plausible mL")
+        ranges = prior.plausible_volume_ml
+        columns.append([f"{ranges[n][0]:.4g}-{ranges[n][1]:.4g}" if n in ranges else "-" for n in prior.labels])
     widths = [max(len(h), *(len(v) for v in col)) for h, col in zip(header, columns)]
 
     def row(cells: Sequence[str]) -> str:

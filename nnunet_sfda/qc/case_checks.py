@@ -40,22 +40,37 @@ FLIP_MARGIN = 0.1
 Range = tuple[float, float]
 
 
-def plausible_range_ml(prior: ClassRatioPrior | None, fov_ml: float) -> dict[str, Range | None]:
+def plausible_range_ml(prior: ClassRatioPrior | None, fov_ml: float,
+                       case: str | None = None) -> dict[str, Range | None]:
     """The plausible volume range (low, high) in mL of each foreground class in one case, from the prior.
 
-    Prior format version 1 states no per-structure volume range; its optional ``lower``/``upper`` ratio bounds
-    (one dataset-wide envelope, filled by the volume estimators) times the case's field of view (``fov_ml``: the
-    image cropped to its non-zero region, the prior's frame) give one. A missing side is 0 or infinity; a class
-    without either bound, or no prior, gives ``None`` (no range known).
+    ``fov_ml`` is the case's field of view (the image cropped to its non-zero region: the prior's frame). The most
+    specific statement wins, per class:
+
+    1. the case's ratio range (``per_case_bounds[case]``, prior format 2) times the field of view;
+    2. the structure's volume range (``plausible_volume_ml``, format 2), capped at the field of view;
+    3. the dataset-wide ``lower``/``upper`` ratio envelope times the field of view (a missing side is 0 or
+       infinity).
+
+    A class the prior states nothing for gives ``None``; no prior gives an empty mapping.
     """
     if prior is None:
         return {}
     ranges: dict[str, Range | None] = {}
+    case_bounds = (prior.per_case_bounds or {}).get(case) if case is not None else None
+    volumes = prior.plausible_volume_ml or {}
     for name in prior.labels[1:]:
-        low = (prior.lower or {}).get(name)
-        high = (prior.upper or {}).get(name)
-        ranges[name] = None if low is None and high is None else (
-            0.0 if low is None else float(low) * fov_ml, math.inf if high is None else float(high) * fov_ml)
+        if case_bounds is not None:
+            low, high = case_bounds[name]
+            ranges[name] = (float(low) * fov_ml, float(high) * fov_ml)
+        elif name in volumes:
+            low, high = volumes[name]
+            ranges[name] = (min(float(low), fov_ml), min(float(high), fov_ml))
+        else:
+            low = (prior.lower or {}).get(name)
+            high = (prior.upper or {}).get(name)
+            ranges[name] = None if low is None and high is None else (
+                0.0 if low is None else float(low) * fov_ml, math.inf if high is None else float(high) * fov_ml)
     return ranges
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from nnunet_sfda.metrics import SPACING_RTOL
+from nnunet_sfda.metrics import SPACING_RTOL, check_label_values
 
 _CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 
@@ -104,11 +104,7 @@ def read_labels(reader: Any, path: Path, image_shape: tuple[int, ...], image_spa
                                                  for a, b in zip(spacing, image_spacing)):
         raise ValueError(f"{path}: label map spacing {tuple(spacing)} differs from its image's "
                          f"{tuple(image_spacing)} (mm)")
-    allowed = {int(v) for value in label_values.values() for v in np.atleast_1d(value)}
-    unexpected = sorted(set(np.unique(seg).astype(int).tolist()) - allowed)
-    if unexpected:
-        raise ValueError(f"{path}: label values {unexpected} are not in the dataset's labels "
-                         f"({', '.join(f'{k}={v}' for k, v in label_values.items())})")
+    check_label_values(seg, label_values, path)
     return seg.astype(np.int16)
 
 

@@ -2,17 +2,15 @@
 ``sfda_report.png`` (a few flagged cases' slices) and ``sfda_report.json`` (:mod:`nnunet_sfda.qc.report_file`).
 
 Everything is written into a temporary folder beside the destination, which is renamed into place at the end
-(:func:`staged_output_folder`): an interrupted report leaves no half-written table, and an earlier report is only
-replaced once the new one is complete. Text files go through :mod:`nnunet_sfda.files`.
+(:func:`staged_output_folder`, the shared rule of :mod:`nnunet_sfda.output_folder`): an interrupted report leaves no
+half-written table, and an earlier report is only replaced once the new one is complete. Text files go through
+:mod:`nnunet_sfda.files`.
 """
 from __future__ import annotations
 
 import csv
 import io
 import math
-import os
-import secrets
-import shutil
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,8 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
+from nnunet_sfda import output_folder
 from nnunet_sfda.files import atomic_write_json, atomic_write_text
-from nnunet_sfda.qc.report_file import REPORT_FILE_NAME, QCReport, is_report_folder
+from nnunet_sfda.qc.report_file import REPORT_FILE_NAME, QCReport
 
 CSV_FILE_NAME = "sfda_report.csv"
 MARKDOWN_FILE_NAME = "sfda_report.md"
@@ -33,46 +32,25 @@ FIGURE_CASES = 4
 # ------------------------------------------------------------------------------------------------- output folder
 def check_output_folder(folder: Path, overwrite: bool, forbidden: Mapping[str, Path]) -> None:
     """Refuse an output folder that lies inside (or holds) one of ``forbidden`` (what -> folder: models, raw
-    images, labels), a file, or a non-empty folder unless ``overwrite`` is given and ``report`` made it."""
+    images, labels), then apply the output-folder rule of :mod:`nnunet_sfda.output_folder` (kind ``report``; a
+    folder of an earlier version is recognised by its ``sfda_report.json``)."""
     resolved = folder.resolve()
     for what, root in forbidden.items():
         root = root.resolve()
         if resolved == root or root in resolved.parents or resolved in root.parents:
             relation = "lies inside" if resolved == root or root in resolved.parents else "holds"
             raise ValueError(f"-o {folder} {relation} {what} {root}; the report never writes there: choose another -o")
-    if folder.exists() and not folder.is_dir():
-        raise ValueError(f"-o {folder} is a file; give a folder (new, empty, or made by nnunet-sfda report)")
-    if folder.is_dir() and any(folder.iterdir()):
-        if not is_report_folder(folder):
-            raise FileExistsError(f"{folder} is not empty and holds no {REPORT_FILE_NAME} (it was not made by "
-                                  "nnunet-sfda report); it is never replaced: choose another -o")
-        if not overwrite:
-            raise FileExistsError(f"{folder} holds an earlier report; pass --overwrite to replace it, or choose "
-                                  "another -o")
+    output_folder.check_output_folder(folder, "report", overwrite=overwrite, legacy_file=REPORT_FILE_NAME)
 
 
 @contextmanager
 def staged_output_folder(folder: Path, overwrite: bool, forbidden: Mapping[str, Path]) -> Iterator[Path]:
-    """A temporary folder beside ``folder`` to write into; renamed to ``folder`` when the block ends without error
-    (an earlier report there is replaced only then), deleted otherwise."""
+    """:func:`check_output_folder`, then :func:`nnunet_sfda.output_folder.staged_output_folder`: a temporary folder
+    beside ``folder`` to write into, swapped in only when the block ends without error."""
     check_output_folder(folder, overwrite, forbidden)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tag = f"{os.getpid()}-{secrets.token_hex(4)}"
-    staging = folder.with_name(f".{folder.name}.tmp-{tag}")
-    staging.mkdir()
-    try:
+    with output_folder.staged_output_folder(folder, "report", overwrite=overwrite,
+                                            legacy_file=REPORT_FILE_NAME) as staging:
         yield staging
-        check_output_folder(folder, overwrite, forbidden)  # nothing appeared there meanwhile
-        earlier = None
-        if folder.is_dir():
-            earlier = folder.with_name(f".{folder.name}.old-{tag}")
-            os.rename(folder, earlier)
-        os.rename(staging, folder)
-        if earlier is not None:
-            shutil.rmtree(earlier)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
 
 
 # ------------------------------------------------------------------------------------------------------- tables

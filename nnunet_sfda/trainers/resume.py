@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,8 @@ import torch
 from nnunet_sfda.files import atomic_write
 
 RESUME_KEY = "nnunet_sfda"
-RESUME_STATE_VERSION = 1
+#: 2: adds the label-free choice's state (the held candidate's weights, the source's labels on the scoring patches)
+RESUME_STATE_VERSION = 2
 
 
 class NonFiniteTrainingError(RuntimeError):
@@ -46,6 +49,23 @@ def restore_rng_states(states: dict[str, Any]) -> None:
     torch.set_rng_state(states["torch"])
     if "torch_cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["torch_cuda"])
+
+
+@contextmanager
+def isolated_random_state(seed: int) -> Iterator[None]:
+    """Draw from python, numpy and torch's CPU generator seeded with ``seed`` inside the block, and give back their
+    global states as they were: what is drawn inside is the same in every run, and what nnU-Net draws afterwards is
+    unchanged. (CUDA generators are not touched: ``torch.manual_seed`` would also seed them.)"""
+    states = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.default_generator.manual_seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.set_rng_state(states[2])
 
 
 def non_finite_weights(state_dict: dict[str, torch.Tensor]) -> list[str]:

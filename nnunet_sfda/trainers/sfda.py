@@ -26,6 +26,15 @@ Choices, and why:
   Labels, when the target has ``labelsTr``, only feed the ``monitoring Dice`` in the log and ``sfda_progress.png``
   (pooled over the epoch's few random validation patches, NaN for a class absent from both; never a test-case Dice).
   ``checkpoint_best.pth`` is not written (nnU-Net picks it by a label-based pseudo-Dice); use ``checkpoint_final.pth``.
+- **Label-free checkpoint choice**: the source model (before training) and the weights after every epoch are scored
+  on the same fixed patches of the target (:mod:`~nnunet_sfda.trainers.selection`, scores and rule in
+  :mod:`nnunet_sfda.label_free`), in the validation phase only; the scores go to the history. ``checkpoint_final.pth``
+  holds the chosen candidate (so plain ``nnUNetv2_predict`` uses it), ``checkpoint_last.pth`` the last epoch's
+  weights (``-chk checkpoint_last.pth``; ``--c`` continues from it). Only the best-so-far candidate's weights are held
+  (on the CPU). A **collapse guard** (a class leaves its plausible range, or the score falls ``collapse_patience``
+  times in a row) stops later epochs from being chosen and says so in the log, ``sfda_progress.png`` and the closing
+  summary; the run still exits 0. ``nnUNet_sfda_save_every_epoch=1`` (benchmarks) also writes
+  ``checkpoint_source.pth`` and ``checkpoint_epoch_{e}.pth``.
 - **Frame of the prior**: ratios are fractions of the network input (after nnU-Net's crop to the non-zero region and
   resampling). Resampling keeps fractions; the crop removes only air, which the prior's background must not count.
 - **A patch's prior**: the loader (:class:`~nnunet_sfda.trainers.loader.BoxReportingDataLoader`) reports each
@@ -60,6 +69,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
 from nnunetv2.utilities.helpers import dummy_context
 
+from nnunet_sfda.label_free import candidates_from_scores, choose
 from nnunet_sfda.losses import AdaMILoss, AdaMITerms
 from nnunet_sfda.plots import plot_sfda_history
 from nnunet_sfda.priors import PRIOR_FILE_NAME, ClassRatioPrior, check_prior_labels, load_prior
@@ -67,6 +77,8 @@ from nnunet_sfda.priors.geometry import patch_prior
 from nnunet_sfda.records import (
     HISTORY_FILE_NAME,
     SETTINGS_FILE_NAME,
+    SOURCE,
+    CheckpointChoice,
     EpochRecord,
     PhaseRecord,
     RunHistory,
@@ -76,6 +88,7 @@ from nnunet_sfda.records import (
     save_history,
     save_run_settings,
     settings_from_content,
+    SourceRecord,
 )
 from nnunet_sfda.settings import ENV_PREFIX, SFDASettings
 from nnunet_sfda.trainers.loader import BoxReportingDataLoader
@@ -90,6 +103,15 @@ from nnunet_sfda.trainers.resume import (
     save_atomically,
     seed_everything,
 )
+from nnunet_sfda.trainers.selection import (
+    SOURCE_CHECKPOINT,
+    ScoringBatch,
+    cpu_weights,
+    draw_scoring_batches,
+    epoch_checkpoint,
+    save_inference_checkpoint,
+    score_network,
+)
 from nnunet_sfda.prepared import (
     SourceCheckpoint,
     check_prior_fits_target,
@@ -100,6 +122,8 @@ from nnunet_sfda.prepared import (
 )
 
 FINAL_CHECKPOINT, LATEST_CHECKPOINT = "checkpoint_final.pth", "checkpoint_latest.pth"
+LAST_CHECKPOINT = "checkpoint_last.pth"  # a finished run's last epoch; checkpoint_final.pth holds the choice
+CHOICE_KEY = "nnunet_sfda_choice"  # in checkpoint_final.pth: the CheckpointChoice it holds
 
 
 class nnUNetTrainerSFDA(nnUNetTrainer):
@@ -115,6 +139,11 @@ class nnUNetTrainerSFDA(nnUNetTrainer):
     prior_mode: str | None = None  # None: see resolved_prior_mode
     accepts_true_size_prior: bool = False  # priors measured on target labels are for analysis variants only
     accepted_settings: ClassVar[frozenset[str]] = frozenset(SFDASettings.model_fields)
+    # the label-free choice (nnunet_sfda.label_free): choice score = (flip + w·source agreement) / (1 + w)
+    choice_source_weight: float = 0.25
+    collapse_patience: int = 3  # the choice score falling this many times in a row is a collapse
+    plausible_range_factor: float = 10.0  # a class without a stated range: ratio / f ... ratio · f is plausible
+    label_free_seed: int = 20260101  # draws the fixed scoring patches (isolated from nnU-Net's random states)
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -134,6 +163,10 @@ class nnUNetTrainerSFDA(nnUNetTrainer):
         self._epoch_train: PhaseRecord | None = None
         self._last_good: tuple[str, int] | None = None  # the newest checkpoint written or loaded, and its epoch
         self._monitoring_labels = False
+        self._scoring: list[ScoringBatch] = []  # the fixed label-free scoring patches
+        self._source_labels: list[torch.Tensor] = []  # the source's label maps on them
+        self._candidate: dict[str, torch.Tensor] | None = None  # the chosen candidate's weights, unless the latest
+        self._collapse_reported = False
         if self.label_manager.has_regions:
             raise ValueError("nnUNetTrainerSFDA needs softmax outputs; region-based label sets (sigmoid) have class "
                              "ratios that do not sum to 1")
@@ -161,14 +194,7 @@ class nnUNetTrainerSFDA(nnUNetTrainer):
         if self.dataset_class is None:
             self.dataset_class = infer_dataset_class(self.preprocessed_dataset_folder)
         self.configure_rotation_dummyDA_mirroring_and_inital_patch_size()  # sets the mirror axes inference uses
-        patch_size = self.configuration_manager.patch_size
-        transforms = self.get_validation_transforms(None, is_cascaded=self.is_cascaded,
-                                                    foreground_labels=self.label_manager.foreground_labels,
-                                                    regions=None, ignore_label=self.label_manager.ignore_label)
-        dataset_tr, dataset_val = self.get_tr_and_val_datasets()
-        loaders = [BoxReportingDataLoader(dataset, self.batch_size, patch_size, patch_size, self.label_manager,
-                                          oversample_foreground_percent=0.0, transforms=transforms)
-                   for dataset in (dataset_tr, dataset_val)]
+        loaders = [self._plain_loader(dataset) for dataset in self.get_tr_and_val_datasets()]
         num_processes = get_allowed_n_proc_DA()
         if num_processes == 0:
             train, val = (SingleThreadedAugmenter(dl, None) for dl in loaders)
@@ -181,6 +207,14 @@ class nnUNetTrainerSFDA(nnUNetTrainer):
         _ = next(train)
         _ = next(val)
         return train, val
+
+    def _plain_loader(self, dataset) -> BoxReportingDataLoader:
+        patch_size = self.configuration_manager.patch_size
+        transforms = self.get_validation_transforms(None, is_cascaded=self.is_cascaded,
+                                                    foreground_labels=self.label_manager.foreground_labels,
+                                                    regions=None, ignore_label=self.label_manager.ignore_label)
+        return BoxReportingDataLoader(dataset, self.batch_size, patch_size, patch_size, self.label_manager,
+                                      oversample_foreground_percent=0.0, transforms=transforms)
 
     def prior_file(self) -> Path:
         if self.sfda_settings.prior is not None:
@@ -243,11 +277,13 @@ class nnUNetTrainerSFDA(nnUNetTrainer):
         super().on_train_start()
         self._warn_cases_without_prior()
         self.loss = self._build_loss()
+        self._scoring = self._draw_scoring_patches()
         if not resuming:
             self._load_source_weights(source)
             self.sfda_run_settings = self._effective_settings()
             self.sfda_history = RunHistory(trainer=type(self).__name__, labels=list(self.sfda_prior.labels),
                                            dataset_prior=self._by_class(self.sfda_prior.ratio_vector()))
+            self._score_source()
         save_run_settings(self.sfda_run_settings, Path(self.output_folder) / SETTINGS_FILE_NAME)
         self.print_to_log_file(f"SFDA: prior {self.prior_file()} ({self.sfda_prior.provenance.estimator}), "
                                f"mode {self.resolved_prior_mode}, λ = {self.kl_weight}, lr = {self.initial_lr}")
@@ -275,6 +311,11 @@ class nnUNetTrainerSFDA(nnUNetTrainer):
             raise ValueError(f"{where} is at epoch {self.current_epoch}, beyond {ENV_PREFIX}num_epochs="
                              f"{self.num_epochs}; set at least {self.current_epoch} (more to train longer)")
         self.sfda_history = history
+        label_free = self._resume_state["label_free"]
+        self._source_labels, self._candidate = label_free["source_labels"], label_free["candidate"]
+        if self._candidate is None:  # the choice was the checkpoint's own epoch: its weights are the network's
+            self._candidate = cpu_weights(self._plain_network().state_dict())
+        self._collapse_reported = history.choice is not None and history.choice.collapse_at is not None
         self._last_good = (where, self.current_epoch - 1)
         self.sfda_run_settings = current.model_copy(update={
             "seed": recorded.seed if current.seed is None else current.seed,
@@ -287,23 +328,35 @@ class nnUNetTrainerSFDA(nnUNetTrainer):
                                    "with its weights, optimizer, history and random states")
 
     def load_checkpoint(self, filename_or_checkpoint: dict | str) -> None:
-        final = Path(self.output_folder) / FINAL_CHECKPOINT
-        latest = Path(self.output_folder) / LATEST_CHECKPOINT
-        if self._continuing and isinstance(filename_or_checkpoint, str) and Path(filename_or_checkpoint) == final \
-                and latest.is_file():
-            # a finished run deletes its latest checkpoint: one beside the final is from a later, interrupted run
-            self.print_to_log_file(f"SFDA: {latest.name} is newer than {final.name} (a later run was interrupted); "
-                                   f"continuing from {latest.name}")
-            filename_or_checkpoint = str(latest)
+        folder = Path(self.output_folder)
+        final, latest, last = (folder / name for name in (FINAL_CHECKPOINT, LATEST_CHECKPOINT, LAST_CHECKPOINT))
+        if self._continuing and isinstance(filename_or_checkpoint, str) and Path(filename_or_checkpoint) == final:
+            # the final checkpoint holds the label-free choice; --c continues the last epoch. A finished run deletes
+            # its latest checkpoint: one beside the final is from a later, interrupted run
+            if latest.is_file():
+                self.print_to_log_file(f"SFDA: {latest.name} is newer than {final.name} (a later run was "
+                                       f"interrupted); continuing from {latest.name}")
+                filename_or_checkpoint = str(latest)
+            elif last.is_file():
+                self.print_to_log_file(f"SFDA: {final.name} holds the label-free choice; continuing from the last "
+                                       f"epoch, {last.name}")
+                filename_or_checkpoint = str(last)
         super().load_checkpoint(filename_or_checkpoint)
         checkpoint = filename_or_checkpoint
         if isinstance(checkpoint, str):  # nnU-Net's loader takes only a path; the resume state is read beside it
             self._loaded_checkpoint = checkpoint
             checkpoint = torch.load(checkpoint, map_location="cpu", weights_only=False)
-        self._resume_state = checkpoint.get(RESUME_KEY)
+        state = checkpoint.get(RESUME_KEY)
+        if state is not None and state.get("version") != RESUME_STATE_VERSION:
+            raise RuntimeError(f"{self._loaded_checkpoint} holds an nnunet-sfda resume state of version "
+                               f"{state.get('version')} (this nnunet-sfda writes {RESUME_STATE_VERSION}): it cannot be "
+                               "continued exactly; re-run without --c to start over")
+        self._resume_state = state
 
     def save_checkpoint(self, filename: str) -> None:
-        # nnU-Net's content plus the resume state, written atomically; never a checkpoint with non-finite weights
+        # nnU-Net's content plus the resume state, written atomically; never a checkpoint with non-finite weights.
+        # nnU-Net's on_train_end asks for the final checkpoint: the last epoch goes to checkpoint_last.pth and the
+        # final checkpoint holds the label-free choice
         network = self._plain_network()
         broken = non_finite_weights(network.state_dict())
         if broken:
@@ -313,7 +366,21 @@ class nnUNetTrainerSFDA(nnUNetTrainer):
         if self.disable_checkpointing:
             self.print_to_log_file("No checkpoint written, checkpointing is disabled")
             return
-        save_atomically({
+        content = self._checkpoint_content()
+        if Path(filename).name != FINAL_CHECKPOINT:
+            save_atomically(content, filename)
+            return
+        save_atomically(content, Path(filename).with_name(LAST_CHECKPOINT))
+        choice = self.sfda_history.choice
+        chosen = content["network_weights"] if choice.chosen == self.current_epoch else self._candidate
+        final = {k: v for k, v in content.items() if k != RESUME_KEY}  # --c continues the last epoch, not this
+        save_atomically({**final, "network_weights": chosen, CHOICE_KEY: choice.model_dump()}, filename)
+
+    def _checkpoint_content(self) -> dict:
+        network = self._plain_network()
+        chosen_is_this = self.sfda_history.choice is not None and self.sfda_history.choice.chosen == self.current_epoch
+        label_free = {"source_labels": self._source_labels, "candidate": None if chosen_is_this else self._candidate}
+        return {
             "network_weights": network.state_dict(),
             "optimizer_state": self.optimizer.state_dict(),
             "grad_scaler_state": self.grad_scaler.state_dict() if self.grad_scaler is not None else None,
@@ -324,8 +391,9 @@ class nnUNetTrainerSFDA(nnUNetTrainer):
             "trainer_name": self.__class__.__name__,
             "inference_allowed_mirroring_axes": self.inference_allowed_mirroring_axes,
             RESUME_KEY: {"version": RESUME_STATE_VERSION, "history": self.sfda_history.model_dump(),
-                         "settings": self.sfda_run_settings.model_dump(mode="json"), "rng": rng_states()},
-        }, filename)
+                         "settings": self.sfda_run_settings.model_dump(mode="json"), "rng": rng_states(),
+                         "label_free": label_free},
+        }
 
     def _stop_non_finite(self, what: str) -> None:
         kept = "no checkpoint was written"
@@ -341,6 +409,112 @@ class nnUNetTrainerSFDA(nnUNetTrainer):
         # nnU-Net's final validation scores against target labels; adaptation has none to score against
         self.print_to_log_file("SFDA: skipping nnU-Net's label-based final validation; evaluate predictions with "
                                "nnUNetv2_evaluate_simple where target labels exist")
+        if self.sfda_history is not None and self.sfda_history.choice is not None:  # after training, not --val
+            self._closing_summary()
+
+    # ------------------------------------------------------------------------------------ label-free choice
+    def _draw_scoring_patches(self) -> list[ScoringBatch]:
+        """The fixed patches every candidate is scored on: ``num_val_iterations_per_epoch`` batches of the
+        validation cases (none: no scoring, and checkpoint_final.pth holds the last epoch)."""
+        return draw_scoring_batches(lambda: self._plain_loader(self.get_tr_and_val_datasets()[1]),
+                                    self.num_val_iterations_per_epoch,
+                                    self.label_free_seed, self.sfda_prior,
+                                    len(self.configuration_manager.patch_size) == 2, self.plausible_range_factor)
+
+    def _full_resolution_logits(self, data: torch.Tensor) -> torch.Tensor:
+        with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
+            output = self.network(data)
+        return output[0] if isinstance(output, (list, tuple)) else output
+
+    def _score(self, is_source: bool) -> tuple[dict[str, float], list[str]]:
+        """Score the network's current weights on the fixed patches (no random draws, no gradients)."""
+        was_training = self.network.training
+        self.network.eval()
+        with torch.no_grad():
+            scores, implausible, labels = score_network(
+                self._full_resolution_logits, self._scoring, list(self.sfda_prior.labels),
+                None if is_source else self._source_labels, self.choice_source_weight, self.device)
+        self.network.train(was_training)
+        if is_source:
+            self._source_labels = labels
+        return scores, implausible
+
+    def _score_source(self) -> None:
+        """Epoch 'source' of the choice: the starting weights, scored once before training."""
+        if not self._scoring:
+            self.print_to_log_file("SFDA: no label-free scoring (no validation iterations): checkpoint_final.pth "
+                                   "will hold the last epoch")
+            return
+        scores, implausible = self._score(is_source=True)
+        self._candidate = cpu_weights(self._plain_network().state_dict())
+        self.sfda_history = self.sfda_history.with_fields(
+            source=SourceRecord(label_free_scores=scores, implausible_classes=implausible))
+        self._update_choice()
+        self._log_scores("source (before training)", scores, implausible)
+        if self.sfda_settings.save_every_epoch and self.local_rank == 0:
+            save_inference_checkpoint(Path(self.output_folder) / SOURCE_CHECKPOINT, self._candidate,
+                                      self._inference_keys(epoch=0))
+
+    def _inference_keys(self, epoch: int) -> dict:
+        return {"init_args": self.my_init_kwargs, "trainer_name": self.__class__.__name__,
+                "inference_allowed_mirroring_axes": self.inference_allowed_mirroring_axes, "current_epoch": epoch}
+
+    def _choice_rule(self) -> str:
+        return (f"choice score = (flip agreement + {self.choice_source_weight:g}·source agreement) / "
+                f"{1 + self.choice_source_weight:g}, highest among the source and the epochs before any collapse "
+                f"whose classes are all inside their plausible range (stated by the prior, else ratio / "
+                f"{self.plausible_range_factor:g} to ratio · {self.plausible_range_factor:g}); collapse: a class "
+                f"leaves its range or the score falls {self.collapse_patience} times in a row")
+
+    def _update_choice(self) -> None:
+        """Apply the rule (nnunet_sfda.label_free.choose) to every candidate so far; hold the chosen weights."""
+        history = self.sfda_history
+        candidates = history.scored_candidates()
+        if not candidates:  # nothing scored: the last epoch
+            choice = CheckpointChoice(chosen=history.epochs[-1].epoch, reason="no label-free scoring (no "
+                                      "validation iterations): the last epoch", collapse_at=None,
+                                      collapse_reason=None, rule=self._choice_rule())
+            self.sfda_history = history.with_fields(choice=choice)
+            return
+        names = [c for c, _ in candidates]
+        outcome = choose(candidates_from_scores([r.label_free_scores for _, r in candidates],
+                                                [r.implausible_classes for _, r in candidates]),
+                         self.collapse_patience, [self._candidate_name(c) for c in names])
+        chosen = names[outcome.chosen]
+        if chosen == self.current_epoch:  # newly chosen (the source is held from the start)
+            self._candidate = cpu_weights(self._plain_network().state_dict())
+        collapse_at = None if outcome.collapse_at is None else names[outcome.collapse_at]
+        self.sfda_history = history.with_fields(choice=CheckpointChoice(
+            chosen=chosen, reason=outcome.reason, collapse_at=collapse_at, collapse_reason=outcome.collapse_reason,
+            rule=self._choice_rule()))
+
+    @staticmethod
+    def _candidate_name(candidate) -> str:
+        return "the source (before training)" if candidate == SOURCE else f"epoch {candidate}"
+
+    def _log_scores(self, what: str, scores: dict[str, float], implausible: list[str]) -> None:
+        shown = ", ".join(f"{name} {value:.4f}" for name, value in scores.items())
+        outside = f"; outside the plausible range: {', '.join(implausible)}" if implausible else ""
+        choice = self.sfda_history.choice
+        self.print_to_log_file(f"SFDA label-free scores of {what}: {shown}{outside}; chosen so far: "
+                               f"{self._candidate_name(choice.chosen)}")
+        if choice.collapse_at is not None and not self._collapse_reported:
+            self._collapse_reported = True
+            self.print_to_log_file(f"WARNING: SFDA collapse guard: {choice.collapse_reason}; epochs from "
+                                   f"{choice.collapse_at} on are not chosen (training goes on; see sfda_progress.png)")
+
+    def _closing_summary(self) -> None:
+        """The run's last log lines: the collapse warning, and what checkpoint_final.pth holds and why."""
+        choice = self.sfda_history.choice
+        last = self.sfda_history.epochs[-1].epoch
+        if choice.collapse_at is not None:
+            excluded = f"epoch {last}" if choice.collapse_at == last else f"epochs {choice.collapse_at}-{last}"
+            self.print_to_log_file(f"WARNING: SFDA collapse guard: {choice.collapse_reason}; {excluded} could not "
+                                   "be chosen (marked in sfda_progress.png)")
+        self.print_to_log_file(
+            f"SFDA: {FINAL_CHECKPOINT} holds the label-free choice among the source and epochs 0-{last}: "
+            f"{self._candidate_name(choice.chosen)}, by {choice.reason}. Plain nnUNetv2_predict uses it; for the "
+            f"last epoch's weights pass `-chk {LAST_CHECKPOINT}` (--c continues from them)")
 
     # ------------------------------------------------------------------------------------------- one step
     def _prior_for(self, batch: dict) -> torch.Tensor:
@@ -430,9 +604,12 @@ class nnUNetTrainerSFDA(nnUNetTrainer):
         self.logger.log("mean_fg_dice", float(np.nanmean(dice)) if not np.all(np.isnan(dice)) else float("nan"),
                         self.current_epoch)
         self.logger.log("dice_per_class_or_region", dice, self.current_epoch)
+        scores, implausible = self._score(is_source=False) if self._scoring else ({}, [])
         self.sfda_history = self.sfda_history.with_epoch(EpochRecord(
-            epoch=self.current_epoch, train=self._epoch_train, val=val,
+            epoch=self.current_epoch, train=self._epoch_train, val=val, label_free_scores=scores,
+            implausible_classes=implausible,
             monitoring_dice=self._by_class(dice, foreground) if self._monitoring_labels else None))
+        self._update_choice()
 
     def on_epoch_end(self):
         # replaces nnU-Net's, which writes checkpoint_best.pth by a label-based pseudo-Dice
@@ -447,11 +624,17 @@ class nnUNetTrainerSFDA(nnUNetTrainer):
         if epoch.monitoring_dice is not None:
             self.print_to_log_file("monitoring Dice (target labels, a few random patches; not used for training):",
                                    {n: round(d, 4) for n, d in epoch.monitoring_dice.items()})
+        if epoch.label_free_scores:
+            self._log_scores(f"epoch {epoch.epoch}", epoch.label_free_scores, epoch.implausible_classes)
         seconds = self.logger.get_value("epoch_end_timestamps", step=-1) - \
             self.logger.get_value("epoch_start_timestamps", step=-1)
         self.print_to_log_file(f"Epoch time: {seconds:.2f} s")
         self.save_checkpoint(str(Path(self.output_folder) / LATEST_CHECKPOINT))  # every epoch: --c resumes it
         self._last_good = (str(Path(self.output_folder) / LATEST_CHECKPOINT), self.current_epoch)
+        if self.sfda_settings.save_every_epoch and self.local_rank == 0:  # after the check for non-finite weights
+            save_inference_checkpoint(Path(self.output_folder) / epoch_checkpoint(self.current_epoch),
+                                      cpu_weights(self._plain_network().state_dict()),
+                                      self._inference_keys(epoch=self.current_epoch + 1))
         if self.local_rank == 0:
             save_history(self.sfda_history, Path(self.output_folder) / HISTORY_FILE_NAME)
             self.logger.plot_progress_png(self.output_folder)
