@@ -35,6 +35,8 @@ from nnunet_sfda.files import atomic_write_json, read_json
 
 HISTORY_FILE_NAME = "sfda_history.json"
 SETTINGS_FILE_NAME = "sfda_settings.json"
+#: a finished adaptation run's last epoch; ``checkpoint_final.pth`` holds the label-free choice
+LAST_CHECKPOINT_FILE_NAME = "checkpoint_last.pth"
 HISTORY_FORMAT = "nnunet-sfda-history"
 SETTINGS_FORMAT = "nnunet-sfda-settings"
 HISTORY_FORMAT_VERSION = 2  # 2: the source's scores, implausible classes per epoch, the checkpoint choice

@@ -12,8 +12,11 @@ fi
 . .venv/bin/activate
 python -m pip install --quiet --upgrade pip
 if ! python -c "import torch, torchvision" >/dev/null 2>&1; then
-  echo "[setup] installing torch==2.14.1 torchvision==0.29.1 (a few minutes the first time)"
-  python -m pip install --quiet "torch==2.14.1" "torchvision==0.29.1"
+  # PyPI's torch 2.14.1 for x86_64 is the CUDA build: about 6 GB in .venv (it runs on the CPU too)
+  echo "[setup] installing torch==2.14.1 torchvision==0.29.1: the CUDA build, about 6 GB in .venv, a few minutes"
+  python -m pip install --progress-bar on "torch==2.14.1" "torchvision==0.29.1" 2>&1 \
+    | grep -E --line-buffered "^(Collecting|Processing|Downloading|Installing|Successfully|ERROR)" || true
+  python -c "import torch, torchvision" || { echo "[setup] torch/torchvision did not install" >&2; exit 1; }
 fi
 echo "[setup] installing nnunet-sfda and its dependencies"
 python -m pip install --quiet -e ".[test]"

@@ -22,6 +22,7 @@ from nnunet_sfda.benchmark.phantom import SHIFT_FAMILIES, DemoLayout, make_demo_
 from nnunet_sfda.benchmark.result_files import DEMO_RESULTS_FILE_NAME, DemoResults, write_result_file
 from nnunet_sfda.files import read_json
 from nnunet_sfda.metrics import folder_mean_foreground_dice
+from nnunet_sfda.records import LAST_CHECKPOINT_FILE_NAME
 from nnunet_sfda.output_folder import claim_output_folder
 from nnunet_sfda.settings import settings_env
 
@@ -33,7 +34,8 @@ SHIFT_FAMILY = "default"
 @dataclass(frozen=True)
 class DemoResult:
     source_only_dice: float
-    adapted_dice: float
+    adapted_dice: float  # the label-free choice (checkpoint_final.pth)
+    last_epoch_dice: float  # the last epoch's weights (checkpoint_last.pth)
     seconds: float
     results_file: Path
 
@@ -61,7 +63,7 @@ def run_demo(work: Path, overwrite: bool = False, device: str = "cpu", seed: int
           "monitoring Dice with them", flush=True)
     src, tgt = str(layout.source_dataset_id), str(layout.target_dataset_id)
     labels = read_json(layout.source_dir / "dataset.json", "the demo source's dataset.json")["labels"]
-    runner = StepRunner(work, env, total_steps=7)
+    runner = StepRunner(work, env, total_steps=8)
 
     runner.run("planning and preprocessing the source dataset",
                ["nnUNetv2_plan_and_preprocess", "-d", src, "-c", CONFIGURATION, "-np", "2"], "plan_source")
@@ -87,18 +89,25 @@ def run_demo(work: Path, overwrite: bool = False, device: str = "cpu", seed: int
                ["nnUNetv2_predict", "-i", str(layout.target_test_images), "-o", str(preds / "adapted"),
                 "-d", tgt, "-c", CONFIGURATION, "-f", "all", "-tr", "nnUNetTrainerSFDA", "-device", device,
                 *PREDICT_OPTIONS], "predict_adapted")
+    runner.run(f"prediction with the last epoch's weights (-chk {LAST_CHECKPOINT_FILE_NAME})",
+               ["nnUNetv2_predict", "-i", str(layout.target_test_images), "-o", str(preds / "last_epoch"),
+                "-d", tgt, "-c", CONFIGURATION, "-f", "all", "-tr", "nnUNetTrainerSFDA", "-device", device,
+                "-chk", LAST_CHECKPOINT_FILE_NAME, *PREDICT_OPTIONS], "predict_last_epoch")
 
     cases = layout.target_test_case_ids
     before = folder_mean_foreground_dice(preds / "source_only", layout.target_test_labels, labels, cases)
     after = folder_mean_foreground_dice(preds / "adapted", layout.target_test_labels, labels, cases)
+    last = folder_mean_foreground_dice(preds / "last_epoch", layout.target_test_labels, labels, cases)
     seconds = time.monotonic() - runner.start
-    results_file = write_result_file(DemoResults(source_only_dice=before, adapted_dice=after, seconds=seconds,
+    results_file = write_result_file(DemoResults(source_only_dice=before, adapted_dice=after, last_epoch_dice=last,
+                                                 seconds=seconds,
                                                  test_cases=cases, shift_family=family.name,
                                                  shift=list(layout.shifts)), work / DEMO_RESULTS_FILE_NAME, indent=2)
     print(f"\nMean foreground Dice on {len(cases)} held-out target test cases:")
     print(f"  source only : {before:.3f}")
-    print(f"  adapted     : {after:.3f}   ({after - before:+.3f})")
+    print(f"  adapted     : {after:.3f}   ({after - before:+.3f})  label-free choice, checkpoint_final.pth")
+    print(f"  last epoch  : {last:.3f}   ({last - before:+.3f})  -chk {LAST_CHECKPOINT_FILE_NAME}")
     print(f"Adaptation curves: {res / layout.target_dataset_name}/nnUNetTrainerSFDA__nnUNetPlans__{CONFIGURATION}"
           f"/fold_all/sfda_progress.png")
     print(f"Results: {results_file}  ({seconds / 60:.1f} min)")
-    return DemoResult(before, after, seconds, results_file)
+    return DemoResult(before, after, last, seconds, results_file)

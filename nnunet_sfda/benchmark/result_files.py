@@ -140,7 +140,8 @@ class DemoResults(_VersionedFile):
     format: Literal["nnunet-sfda-demo-results"] = "nnunet-sfda-demo-results"
     format_version: Literal[1] = 1
     source_only_dice: float
-    adapted_dice: float
+    adapted_dice: float = Field(description="with checkpoint_final.pth: the label-free choice of the run")
+    last_epoch_dice: float | None = Field(default=None, description="with checkpoint_last.pth (None: not measured)")
     seconds: float = Field(ge=0)
     test_cases: list[str] = Field(min_length=1)
     shift_family: str

@@ -125,7 +125,9 @@ def make_report(dataset: str, configuration: str, trainer: str, plans: str | Non
         image, properties, truth = inputs(files)
         src, src_flipped = source_model.predict(image, properties)
         ada, ada_flipped = adapted_model.predict(image, properties)
-        plausible = plausible_range_ml(prior, field_of_view_ml(image, properties))
+        # a prepared case has its own bounds in the prior; new scans (-i) only the structure-level ranges
+        plausible = plausible_range_ml(prior, field_of_view_ml(image, properties),
+                                       case=files.case if images is None else None)
         measures = measure_case(files.case, src, ada, src_flipped, ada_flipped, label_values, voxel_ml(properties),
                                 plausible)
         dice_source = dice_adapted = None

@@ -90,12 +90,3 @@ def report_from_content(content: Any, where: str) -> QCReport:
 def load_report(path: str | Path) -> QCReport:
     """Read and validate ``sfda_report.json``."""
     return report_from_content(read_json(path, "the report of `nnunet-sfda report`"), str(path))
-
-
-def is_report_folder(folder: Path) -> bool:
-    """True when ``folder`` holds a file that says ``nnunet-sfda report`` made it (any format version)."""
-    try:
-        content = read_json(folder / REPORT_FILE_NAME)
-    except ValueError:
-        return False
-    return isinstance(content, dict) and content.get("format") == REPORT_FORMAT

@@ -76,6 +76,7 @@ from nnunet_sfda.priors import PRIOR_FILE_NAME, ClassRatioPrior, check_prior_lab
 from nnunet_sfda.priors.geometry import patch_prior
 from nnunet_sfda.records import (
     HISTORY_FILE_NAME,
+    LAST_CHECKPOINT_FILE_NAME,
     SETTINGS_FILE_NAME,
     SOURCE,
     CheckpointChoice,
@@ -122,7 +123,7 @@ from nnunet_sfda.prepared import (
 )
 
 FINAL_CHECKPOINT, LATEST_CHECKPOINT = "checkpoint_final.pth", "checkpoint_latest.pth"
-LAST_CHECKPOINT = "checkpoint_last.pth"  # a finished run's last epoch; checkpoint_final.pth holds the choice
+LAST_CHECKPOINT = LAST_CHECKPOINT_FILE_NAME
 CHOICE_KEY = "nnunet_sfda_choice"  # in checkpoint_final.pth: the CheckpointChoice it holds
 
 
