@@ -117,7 +117,7 @@ def _weights(path):
 
 
 @pytest.mark.slow
-def test_new_trainers_never_read_target_labels(source_model):
+def test_no_sfda_trainer_reads_target_labels(source_model):
     from test_end_to_end import copy_target
 
     env = nnunet_env(source_model.root)
@@ -136,7 +136,7 @@ def test_new_trainers_never_read_target_labels(source_model):
         folders[with_labels] = source_model.root / "res" / name
 
     source = _weights(source_model.model_folder / "fold_all" / "checkpoint_final.pth")
-    for trainer in TRAIN_IN_ORDER[1:]:
+    for trainer in TRAIN_IN_ORDER:  # nnUNetTrainerSFDA included: no SFDA trainer reads target labels
         # the label-free choice (final) and the last epoch's weights
         for checkpoint in (FINAL_CHECKPOINT, LAST_CHECKPOINT):
             path = f"{trainer}__nnUNetPlans__2d/fold_all/{checkpoint}"

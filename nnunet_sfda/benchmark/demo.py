@@ -6,8 +6,8 @@ marked as the demo's when it is made; ``--overwrite`` replaces only such a folde
 The numbers go to ``demo_results.json`` (:class:`~nnunet_sfda.benchmark.result_files.DemoResults`).
 
 The target's training labels are copied into its ``labelsTr`` before preparation, as the benchmark does, so the
-adaptation curves show a monitoring Dice; the trainer never trains on them (``tests/test_end_to_end.py`` checks that
-adapted weights are bit-identical with and without them). The held-out test cases stay outside every nnU-Net folder.
+adaptation curves show a monitoring Dice; the trainer never trains on them (``tests/test_new_trainers.py`` checks,
+for every SFDA trainer, that adapted weights are bit-identical with and without them). The held-out test cases stay outside every nnU-Net folder.
 """
 from __future__ import annotations
 

@@ -22,7 +22,7 @@ not run twice (its entry says ``same_run_as``).
 Methods and their order are :data:`nnunet_sfda.benchmark.methods.METHODS`.
 
 Adaptation runs on a copy of the target whose ``labelsTr`` holds the training labels, so the curves can show a
-monitoring Dice; the trainer never reads labels for training (``tests/test_end_to_end.py`` checks that adapted
+monitoring Dice; the trainers never read labels for training (``tests/test_new_trainers.py`` checks that adapted
 weights are bit-identical with and without them). The oracle trains on the same copy.
 
 All nnU-Net folders live inside the output folder, which the benchmark marks as its own when it creates it
