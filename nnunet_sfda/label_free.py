@@ -27,7 +27,11 @@ so that a trainer need only keep the best-so-far candidate's weights:
    range at candidate i - 1 is outside it now, or when the choice score fell at each of the last ``patience``
    candidates. From the collapse on, no candidate is chosen (the choice falls on the best one before it).
 2. **Choice.** Among the candidates before any collapse whose classes are all inside their plausible ranges and whose
-   score is finite, the one with the highest choice score (the earliest on a tie). With none, the source.
+   score is finite, ``prefer="last"`` takes the latest (the trained result, unless the guard says it went wrong) and
+   ``prefer="score"`` the one with the highest choice score (the earliest on a tie). With none, the source.
+
+The trainers use ``"last"`` until a score rule has been shown, on the benchmark's development seed, to rank epochs
+by their test Dice: ranking by agreement alone favours staying near the source.
 """
 from __future__ import annotations
 
@@ -204,15 +208,22 @@ def _collapse_reason(candidates: Sequence[Candidate], i: int, patience: int, nam
     return None
 
 
-def choose(candidates: Sequence[Candidate], patience: int, names: Sequence[str] | None = None) -> Choice:
+PREFERENCES = ("last", "score")
+
+
+def choose(candidates: Sequence[Candidate], patience: int, names: Sequence[str] | None = None,
+           prefer: str = "score") -> Choice:
     """The label-free choice and the collapse guard (the rule in the module docstring), over ``candidates`` in
-    order, the source first. ``names`` name them in the reasons (default ``candidate i``).
+    order, the source first. ``names`` name them in the reasons (default ``candidate i``); ``prefer`` is ``"score"``
+    (the highest choice score) or ``"last"`` (the latest eligible candidate).
 
     Online: the choice over the first n + 1 candidates is either the choice over the first n or candidate n, so a
     trainer holding only the best-so-far weights can always provide the chosen ones.
     """
     if not candidates:
         raise ValueError("choose needs at least one candidate (the source)")
+    if prefer not in PREFERENCES:
+        raise ValueError(f"prefer must be one of {PREFERENCES}, got {prefer!r}")
     names = list(names) if names is not None else [f"candidate {i}" for i in range(len(candidates))]
     best = collapse_at = collapse_reason = None
     for i, candidate in enumerate(candidates):
@@ -222,7 +233,7 @@ def choose(candidates: Sequence[Candidate], patience: int, names: Sequence[str] 
                 collapse_at = i
         if collapse_at is not None:
             continue
-        if candidate.eligible and (best is None or candidate.score > candidates[best].score):
+        if candidate.eligible and (best is None or prefer == "last" or candidate.score > candidates[best].score):
             best = i
     implausible = tuple(i for i, c in enumerate(candidates) if c.implausible)
     considered = f"{collapse_at} candidate(s) before the collapse" if collapse_at is not None else \
@@ -231,6 +242,8 @@ def choose(candidates: Sequence[Candidate], patience: int, names: Sequence[str] 
         reason = (f"default: no candidate among {considered} had every class inside its plausible range and a "
                   "finite score, so the source is kept")
         best = 0
+    elif prefer == "last":
+        reason = f"the latest among {considered} with every class inside its plausible range"
     else:
         reason = (f"the highest choice score ({candidates[best].score:.4f}) among {considered} with every class "
                   "inside its plausible range")

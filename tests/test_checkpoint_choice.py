@@ -32,7 +32,7 @@ def test_final_holds_the_choice_and_last_the_last_epoch(source_model):
     assert history.source.label_free_scores["source_agreement"] == 1.0  # the source against itself
     assert [set(e.label_free_scores) for e in history.epochs] == [set(SCORE_NAMES)] * 2
     choice = history.choice
-    assert choice.chosen in ("source", 0, 1) and choice.rule.startswith("choice score = (flip agreement + 0.25")
+    assert choice.chosen in ("source", 0, 1) and choice.rule.startswith("the latest among the source and the epochs before any collapse")
 
     # every candidate's weights (save_every_epoch), the choice in checkpoint_final.pth, the last epoch beside it
     source = weights(source_model.model_folder / "fold_all" / "checkpoint_final.pth")

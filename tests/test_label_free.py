@@ -90,6 +90,19 @@ def test_the_best_plausible_candidate_is_chosen_and_the_source_when_nothing_beat
     assert (c.chosen, c.collapse_at) == (2, None)
 
 
+def test_prefer_last_takes_the_latest_plausible_candidate_before_a_collapse():
+    c = choose([Candidate(0.7), Candidate(0.8), Candidate(0.75), Candidate(0.9, ("organ",))], patience=3,
+               prefer="last")
+    assert (c.chosen, c.collapse_at) == (2, 3) and "the latest" in c.reason  # not the higher-scoring candidate 1
+    c = choose([Candidate(0.9), Candidate(0.8), Candidate(0.7), Candidate(0.6), Candidate(0.95)], patience=3,
+               prefer="last")
+    assert (c.chosen, c.collapse_at) == (2, 3)  # the score fell three times in a row at candidate 3
+    c = choose([Candidate(0.7), Candidate(float("nan"))], patience=3, prefer="last")
+    assert c.chosen == 0  # a NaN score is never chosen
+    with pytest.raises(ValueError, match="prefer must be one of"):
+        choose([Candidate(0.7)], patience=3, prefer="best")
+
+
 def test_a_score_falling_patience_times_in_a_row_is_a_collapse():
     scores = [0.6, 0.8, 0.79, 0.78, 0.77, 0.9]
     c = choose([Candidate(s) for s in scores], patience=3, names=["source", *map(str, range(5))])
@@ -105,8 +118,10 @@ def test_the_choice_is_online():
         candidates = [Candidate(rng.choice([rng.random(), float("nan")]) if rng.random() < 0.1 else rng.random(),
                                 ("organ",) if rng.random() < 0.2 else ()) for _ in range(rng.randint(1, 12))]
         for n in range(1, len(candidates)):
-            before, after = choose(candidates[:n], 2).chosen, choose(candidates[:n + 1], 2).chosen
-            assert after in (before, n)
+            for prefer in ("score", "last"):
+                before = choose(candidates[:n], 2, prefer=prefer).chosen
+                after = choose(candidates[:n + 1], 2, prefer=prefer).chosen
+                assert after in (before, n)
 
 
 class RandomLoader:

@@ -142,6 +142,9 @@ class nnUNetTrainerSFDA(nnUNetTrainer):
     accepted_settings: ClassVar[frozenset[str]] = frozenset(SFDASettings.model_fields)
     # the label-free choice (nnunet_sfda.label_free): choice score = (flip + w·source agreement) / (1 + w)
     choice_source_weight: float = 0.25
+    #: "last": the latest plausible epoch before any collapse; "score": the highest choice score (not yet validated
+    #: on the benchmark's development seed, where agreement-based ranking favoured staying near the source)
+    checkpoint_preference: str = "last"
     collapse_patience: int = 3  # the choice score falling this many times in a row is a collapse
     plausible_range_factor: float = 10.0  # a class without a stated range: ratio / f ... ratio · f is plausible
     label_free_seed: int = 20260101  # draws the fixed scoring patches (isolated from nnU-Net's random states)
@@ -461,8 +464,10 @@ class nnUNetTrainerSFDA(nnUNetTrainer):
                 "inference_allowed_mirroring_axes": self.inference_allowed_mirroring_axes, "current_epoch": epoch}
 
     def _choice_rule(self) -> str:
-        return (f"choice score = (flip agreement + {self.choice_source_weight:g}·source agreement) / "
-                f"{1 + self.choice_source_weight:g}, highest among the source and the epochs before any collapse "
+        pick = ("the latest" if self.checkpoint_preference == "last" else
+                f"the highest choice score = (flip agreement + {self.choice_source_weight:g}·source agreement) / "
+                f"{1 + self.choice_source_weight:g},")
+        return (f"{pick} among the source and the epochs before any collapse "
                 f"whose classes are all inside their plausible range (stated by the prior, else ratio / "
                 f"{self.plausible_range_factor:g} to ratio · {self.plausible_range_factor:g}); collapse: a class "
                 f"leaves its range or the score falls {self.collapse_patience} times in a row")
@@ -480,7 +485,8 @@ class nnUNetTrainerSFDA(nnUNetTrainer):
         names = [c for c, _ in candidates]
         outcome = choose(candidates_from_scores([r.label_free_scores for _, r in candidates],
                                                 [r.implausible_classes for _, r in candidates]),
-                         self.collapse_patience, [self._candidate_name(c) for c in names])
+                         self.collapse_patience, [self._candidate_name(c) for c in names],
+                         prefer=self.checkpoint_preference)
         chosen = names[outcome.chosen]
         if chosen == self.current_epoch:  # newly chosen (the source is held from the start)
             self._candidate = cpu_weights(self._plain_network().state_dict())
