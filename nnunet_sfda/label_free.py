@@ -81,7 +81,12 @@ def ratio_kl(predicted: np.ndarray, prior: np.ndarray, eps: float = 1e-8) -> flo
 
 
 def choice_score(flip_agreement: float, source_agreement: float, source_weight: float) -> float:
-    """``(flip_agreement + w · source_agreement) / (1 + w)``: consistent, without drifting far from the source."""
+    """``(flip_agreement + w · source_agreement) / (1 + w)``: consistent, without drifting far from the source.
+
+    With ``w = 0`` it is the flip agreement alone, even where the source agreement is undefined (NaN).
+    """
+    if source_weight == 0:
+        return flip_agreement
     return (flip_agreement + source_weight * source_agreement) / (1 + source_weight)
 
 

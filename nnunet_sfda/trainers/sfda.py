@@ -141,7 +141,10 @@ class nnUNetTrainerSFDA(nnUNetTrainer):
     accepts_true_size_prior: bool = False  # priors measured on target labels are for analysis variants only
     accepted_settings: ClassVar[frozenset[str]] = frozenset(SFDASettings.model_fields)
     # the label-free choice (nnunet_sfda.label_free): choice score = (flip + w·source agreement) / (1 + w)
-    choice_source_weight: float = 0.25
+    #: weight of the source agreement in the choice score. 0: the score is the flip agreement alone, because the
+    #: source agreement falls by construction as adaptation moves away from the source, and a score containing it
+    #: tripped the "fell 3 times in a row" guard on a healthy demo run while the flip agreement still rose
+    choice_source_weight: float = 0.0
     #: "last": the latest plausible epoch before any collapse; "score": the highest choice score (not yet validated
     #: on the benchmark's development seed, where agreement-based ranking favoured staying near the source)
     checkpoint_preference: str = "last"
