@@ -102,7 +102,8 @@ def run_demo(work: Path, overwrite: bool = False, device: str = "cpu", seed: int
     results_file = write_result_file(DemoResults(source_only_dice=before, adapted_dice=after, last_epoch_dice=last,
                                                  seconds=seconds,
                                                  test_cases=cases, shift_family=family.name,
-                                                 shift=list(layout.shifts)), work / DEMO_RESULTS_FILE_NAME, indent=2)
+                                                 shift=[s if isinstance(s, str) else s[0] for s in layout.shifts]),
+                                     work / DEMO_RESULTS_FILE_NAME, indent=2)
     print(f"\nMean foreground Dice on {len(cases)} held-out target test cases:")
     print(f"  source only : {before:.3f}")
     print(f"  adapted     : {after:.3f}   ({after - before:+.3f})  label-free choice, checkpoint_final.pth")
