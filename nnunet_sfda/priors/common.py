@@ -98,6 +98,17 @@ def unknown_case_or_label(case: str, label: str, by_case: Mapping[str, CaseGeome
     return None
 
 
+def rows_of_known_cases(text: str, columns: Sequence[str], where: str, by_case: Mapping[str, CaseGeometry],
+                        foreground: Sequence[str], problems: list[str]):
+    """The CSV rows (line, row) whose case and label the target knows; the others are added to ``problems``."""
+    for line, row in read_csv_rows(text, columns, where):
+        problem = unknown_case_or_label(row["case"], row["label"], by_case, foreground)
+        if problem:
+            problems.append(f"line {line}: {problem}")
+            continue
+        yield line, row
+
+
 def problems_error(where: str, problems: Sequence[str]) -> PriorError:
     """One error listing a file's problems (the first 20)."""
     return PriorError(f"{where}:\n" + "\n".join(f"  - {p}" for p in problems[:20]))

@@ -19,8 +19,7 @@ from .common import (
     mean_ratio_map,
     problems_error,
     ratio_map,
-    read_csv_rows,
-    unknown_case_or_label,
+    rows_of_known_cases,
 )
 from .geometry import CaseGeometry
 from .model import ClassRatioPrior, PriorError
@@ -41,12 +40,8 @@ def parse_pixel_sizes(text: str, labels: Sequence[str], geometries: Sequence[Cas
     out: dict[str, dict[int, dict[str, int]]] = {}
     problems = []
     dropped = 0
-    for line, row in read_csv_rows(text, PIXEL_SIZE_COLUMNS, where):
+    for line, row in rows_of_known_cases(text, PIXEL_SIZE_COLUMNS, where, by_case, foreground, problems):
         case, label = row["case"], row["label"]
-        problem = unknown_case_or_label(case, label, by_case, foreground)
-        if problem:
-            problems.append(f"line {line}: {problem}")
-            continue
         try:
             raw_slice, pixels = int(row["slice"]), int(row["pixels"])
         except ValueError:

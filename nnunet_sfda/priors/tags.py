@@ -10,7 +10,7 @@ import re
 import warnings
 from collections.abc import Sequence
 
-from .common import PriorWarning, geometries_by_case, problems_error, read_csv_rows, unknown_case_or_label
+from .common import PriorWarning, geometries_by_case, problems_error, rows_of_known_cases
 from .geometry import CaseGeometry
 from .model import PriorError
 
@@ -52,12 +52,8 @@ def parse_tags(text: str, labels: Sequence[str], geometries: Sequence[CaseGeomet
     tags: Tags = {}
     dropped = 0
     problems = []
-    for line, row in read_csv_rows(text, TAGS_COLUMNS, where):
+    for line, row in rows_of_known_cases(text, TAGS_COLUMNS, where, by_case, foreground, problems):
         case, label = row["case"], row["label"]
-        problem = unknown_case_or_label(case, label, by_case, foreground)
-        if problem:
-            problems.append(f"line {line}: {problem}")
-            continue
         try:
             raw = parse_slice_ranges(row["slices"])
         except ValueError as err:
