@@ -66,3 +66,16 @@ def read_json(path: str | os.PathLike, what: str = "") -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise FileContentError(f"{path}: not valid JSON ({e})") from None
+
+
+def validation_problems(error: Any, prefix: str = "", limit: int = 10) -> str:
+    """A pydantic ``ValidationError`` as ``field: message; ...`` (at most ``limit``), each field after ``prefix``.
+
+    The one wording of "what is wrong where" for every validated file and setting, so errors name the field.
+    """
+    problems = []
+    for err in error.errors()[:limit]:
+        field = prefix + ".".join(str(p) for p in err["loc"])
+        message = err["msg"].removeprefix("Value error, ")
+        problems.append(f"{field}: {message}" if field else message)
+    return "; ".join(problems)

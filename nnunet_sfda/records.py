@@ -31,7 +31,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from nnunet_sfda.files import atomic_write_json, read_json
+from nnunet_sfda.files import atomic_write_json, read_json, validation_problems
 
 HISTORY_FILE_NAME = "sfda_history.json"
 SETTINGS_FILE_NAME = "sfda_settings.json"
@@ -298,12 +298,7 @@ def _validate(model: type[BaseModel], content: Any, where: str, fmt: str, versio
     try:
         return model.model_validate(content)
     except ValidationError as e:
-        problems = []
-        for err in e.errors()[:10]:
-            field = ".".join(str(p) for p in err["loc"])
-            message = err["msg"].removeprefix("Value error, ")
-            problems.append(f"{field}: {message}" if field else message)
-        raise RecordError(f"{where}: " + "; ".join(problems)) from None
+        raise RecordError(f"{where}: {validation_problems(e)}") from None
 
 
 __all__ = ["Candidate", "CheckpointChoice", "EpochRecord", "HISTORY_FILE_NAME", "MAY_CHANGE_ON_RESUME", "PhaseRecord",

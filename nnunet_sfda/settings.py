@@ -31,6 +31,8 @@ from pathlib import Path
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from nnunet_sfda.files import validation_problems
+
 ENV_PREFIX = "nnUNet_sfda_"
 
 
@@ -62,7 +64,7 @@ def load_settings(accepted: Collection[str] | None = None, owner: str = "") -> S
     try:
         settings = SFDASettings()
     except ValidationError as e:
-        problems = "; ".join(f"{ENV_PREFIX}{err['loc'][0]}: {err['msg']}" for err in e.errors())
+        problems = validation_problems(e, prefix=ENV_PREFIX)
         raise ValueError(f"invalid nnU-Net SFDA environment setting: {problems}") from None
     if accepted is not None:
         refused = [name for name in SFDASettings.model_fields if name in settings.model_fields_set
@@ -89,6 +91,6 @@ def settings_env(**values: object) -> dict[str, str]:
     try:
         SFDASettings.model_validate({k: v for k, v in values.items() if v is not None})
     except ValidationError as e:
-        problems = "; ".join(f"{ENV_PREFIX}{err['loc'][0]}: {err['msg']}" for err in e.errors())
+        problems = validation_problems(e, prefix=ENV_PREFIX)
         raise ValueError(f"invalid nnU-Net SFDA setting: {problems}") from None
     return {f"{ENV_PREFIX}{k}": str(v) for k, v in values.items() if v is not None}

@@ -20,7 +20,7 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from nnunet_sfda.files import atomic_write_json, read_json
+from nnunet_sfda.files import atomic_write_json, read_json, validation_problems
 
 BENCHMARK_ARGUMENTS_FILE_NAME = "benchmark.json"
 METHOD_FILE_NAME = "method.json"
@@ -178,9 +178,8 @@ def read_result_file(model: type[FileModel], path: str | Path, what: str, rerun:
     try:
         return model.model_validate(content)
     except ValidationError as e:
-        problems = [f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()[:5]]
         kind = "an unversioned file that cannot be migrated" if unversioned else "invalid"
-        raise ResultFileError(f"{path}: {kind} ({'; '.join(problems)}); {rerun}") from None
+        raise ResultFileError(f"{path}: {kind} ({validation_problems(e)}); {rerun}") from None
 
 
 __all__ = ["BENCHMARK_ARGUMENTS_FILE_NAME", "BENCHMARK_RESULTS_FILE_NAME", "DEMO_RESULTS_FILE_NAME",

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from nnunet_sfda.files import read_json
+from nnunet_sfda.files import read_json, validation_problems
 from nnunet_sfda.qc.case_checks import Recommendation
 
 REPORT_FILE_NAME = "sfda_report.json"
@@ -83,8 +83,7 @@ def report_from_content(content: Any, where: str) -> QCReport:
     try:
         return QCReport.model_validate(content)
     except ValidationError as e:
-        problems = [f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()[:5]]
-        raise ReportFileError(f"{where}: " + "; ".join(problems)) from None
+        raise ReportFileError(f"{where}: {validation_problems(e)}") from None
 
 
 def load_report(path: str | Path) -> QCReport:
