@@ -12,6 +12,10 @@ logs. Results folders are per trainer class, so runs go one after another and ea
 
 A setting is NAME:TRAINER[:key=value,...] where keys are nnUNet_sfda_* suffixes (lr, kl_weight, num_epochs,
 iterations_per_epoch, prior). Prints one table at the end and writes DEMO/sweeps/summary.json.
+
+``--seed`` is the adaptation seed (give the demo's own ``--seed``). ``--every-epoch`` keeps every candidate of the
+label-free choice (``nnUNet_sfda_save_every_epoch=1``) and writes the test Dice of each to
+``DEMO/sweeps/<name>/candidate_dice.json``, beside the run's history: ``scripts/evaluate_choice.py`` reads them.
 """
 from __future__ import annotations
 
@@ -24,7 +28,15 @@ from pathlib import Path
 from nnunet_sfda import records
 from nnunet_sfda.benchmark.commands import PREDICT_OPTIONS, console_script, nnunet_env
 from nnunet_sfda.benchmark.demo import CONFIGURATION
-from nnunet_sfda.benchmark.result_files import DEMO_RESULTS_FILE_NAME, DemoResults, read_result_file
+from nnunet_sfda.benchmark.candidate_dice import candidate_test_dice
+from nnunet_sfda.benchmark.result_files import (
+    CANDIDATE_DICE_FILE_NAME,
+    DEMO_RESULTS_FILE_NAME,
+    CandidateDice,
+    DemoResults,
+    read_result_file,
+    write_result_file,
+)
 from nnunet_sfda.files import atomic_write_json, read_json
 from nnunet_sfda.metrics import folder_mean_foreground_dice
 from nnunet_sfda.prepared import prepared_configurations, record_path
@@ -33,9 +45,10 @@ from nnunet_sfda.settings import settings_env
 TWIN_ID = 599
 
 
-def _env(demo: Path, extra: dict[str, str]) -> dict[str, str]:
-    """The demo's nnU-Net folders, seed 0 and a setting's values (validated: an unknown key fails before training)."""
-    return nnunet_env(demo, nnUNet_n_proc_DA="0", **settings_env(**{"seed": 0, **extra}))
+def _env(demo: Path, extra: dict[str, str], seed: int = 0) -> dict[str, str]:
+    """The demo's nnU-Net folders, the seed and a setting's values (validated: an unknown key fails before
+    training)."""
+    return nnunet_env(demo, nnUNet_n_proc_DA="0", **settings_env(**{"seed": seed, **extra}))
 
 
 def _run(cmd: list[str], env: dict[str, str], log: Path) -> None:
@@ -64,6 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--demo-dir", type=Path, required=True)
     parser.add_argument("--setting", action="append", default=[], help="NAME:TRAINER[:key=value,...]")
     parser.add_argument("--prepare-only", action="store_true", help="only create the labelled twin dataset")
+    parser.add_argument("--seed", type=int, default=0, help="adaptation seed (the demo's --seed; default 0)")
+    parser.add_argument("--every-epoch", action="store_true",
+                        help="keep every candidate checkpoint and measure the test Dice of each")
     parser.add_argument("-device", default="cpu")
     args = parser.parse_args(argv)
     demo = args.demo_dir.resolve()
@@ -89,8 +105,8 @@ def main(argv: list[str] | None = None) -> int:
         if out.exists():
             shutil.rmtree(out)
         out.mkdir(parents=True)
-        env = _env(demo, extra)
-        print(f"[{name}] {trainer} {extra}", flush=True)
+        env = _env(demo, {**extra, **({"save_every_epoch": "1"} if args.every_epoch else {})}, args.seed)
+        print(f"[{name}] {trainer} {extra} seed {args.seed}", flush=True)
         folder = demo / "nnUNet_results" / twin / f"{trainer}__nnUNetPlans__{CONFIGURATION}"
         shutil.rmtree(folder, ignore_errors=True)
         _run(["nnUNetv2_train", twin, CONFIGURATION, "all", "-tr", trainer, "-device", args.device], env,
@@ -107,6 +123,16 @@ def main(argv: list[str] | None = None) -> int:
                          "iterations_per_epoch": settings.iterations_per_epoch,
                          "monitoring_dice_per_epoch": [next(iter(e.monitoring_dice.values()), None)
                                                        if e.monitoring_dice else None for e in history.epochs]}
+        if args.every_epoch:
+            dice = candidate_test_dice(folder / "fold_all", test_images, test_labels,
+                                       read_json(pre / twin / "dataset.json", "the twin's dataset.json"),
+                                       read_json(folder / "plans.json", "the run's plans.json"), args.device)
+            write_result_file(CandidateDice(run=name, seed=args.seed, test_cases=list(cases), dice=dice),
+                              out / CANDIDATE_DICE_FILE_NAME)
+            summary[name]["candidate_test_dice"] = dice
+            chosen = history.choice.chosen if history.choice else None
+            print(f"    test Dice per candidate {({k: round(v, 3) for k, v in dice.items()})}; chosen {chosen}",
+                  flush=True)
         print(f"    test Dice {summary[name]['test_dice']:.3f}; monitoring Dice per epoch "
               f"{[round(d, 3) for d in summary[name]['monitoring_dice_per_epoch']]}", flush=True)
     atomic_write_json(demo / "sweeps" / "summary.json", summary)

@@ -5,8 +5,11 @@ import pytest
 import torch
 
 from conftest import nnunet_env, run
+from nnunet_sfda.benchmark.candidate_dice import candidate_checkpoints, candidate_test_dice
 from nnunet_sfda.benchmark.commands import PREDICT_OPTIONS
+from nnunet_sfda.files import read_json
 from nnunet_sfda.label_free import SCORE_NAMES
+from nnunet_sfda.metrics import folder_mean_foreground_dice
 from nnunet_sfda.records import load_history
 from nnunet_sfda.settings import settings_env
 from test_end_to_end import copy_target, weights
@@ -55,3 +58,12 @@ def test_final_holds_the_choice_and_last_the_last_epoch(source_model):
     run(["nnUNetv2_predict", "-i", str(source_model.test_images), "-o", str(out), "-d", target, "-c", "2d",
          "-f", "all", "-tr", "nnUNetTrainerSFDA", "-device", "cpu", *PREDICT_OPTIONS], env)
     assert len(list(out.glob("*.nii.gz"))) == len(list(source_model.test_images.glob("*_0000.nii.gz")))
+
+    # the benchmark's Dice of every candidate, in-process: the chosen one's equals the stock prediction's
+    assert list(candidate_checkpoints(fold)) == ["source", "0", "1"]
+    dataset_json = read_json(root / "pre" / target / "dataset.json", "dataset.json")
+    dice = candidate_test_dice(fold, source_model.test_images, source_model.test_labels, dataset_json,
+                               read_json(fold.parent / "plans.json", "plans.json"))
+    assert list(dice) == ["source", "0", "1"] and all(0.0 <= d <= 1.0 for d in dice.values())
+    stock = folder_mean_foreground_dice(out, source_model.test_labels, dataset_json["labels"])
+    assert dice[str(choice.chosen)] == pytest.approx(stock, abs=1e-9)

@@ -21,7 +21,7 @@ from nnunet_sfda.priors.geometry import patch_prior
 from nnunet_sfda.settings import SFDASettings, load_settings, settings_env
 from nnunet_sfda.trainers.consistency import identity_view
 from nnunet_sfda.trainers.coverage import coverage_prior_and_weights, coverage_terms
-from nnunet_sfda.trainers.sfda import FINAL_CHECKPOINT, LAST_CHECKPOINT
+from nnunet_sfda.trainers.selection import FINAL_CHECKPOINT, LAST_CHECKPOINT
 
 ALL = frozenset(SFDASettings.model_fields)
 NEW = {  # class -> (refused settings, (initial_lr, num_epochs, iterations, λ))

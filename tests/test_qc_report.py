@@ -39,7 +39,7 @@ def test_report_per_case_with_labels_and_its_one_line_errors(source_model, tmp_p
     unadapted = subprocess.run(report_command("-tr", "nnUNetTrainerSFDA", "-o", str(tmp_path / "none")), env=env,
                                capture_output=True, text=True, timeout=300)
     assert unadapted.returncode == 2 and len(unadapted.stderr.strip().splitlines()) == 1
-    assert (f"fold_all/checkpoint_final.pth not found: no adapted model in " in unadapted.stderr
+    assert ("fold_all/checkpoint_final.pth not found: no adapted model in " in unadapted.stderr
             and "adapt first with `nnUNetv2_train 641 2d all -tr nnUNetTrainerSFDA`" in unadapted.stderr)
 
     run(["nnunet-sfda", "estimate-prior", "-d", DATASET, "--ratios", "0.95", "0.05"], env)

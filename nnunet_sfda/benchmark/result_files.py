@@ -8,6 +8,8 @@
   figures are drawn from the same content).
 - ``demo_results.json`` (:class:`DemoResults`): the demo's Dice before and after adaptation (read by
   ``scripts/sweep_adaptation.py``).
+- ``candidate_dice.json`` (:class:`CandidateDice`): the test-case Dice of every candidate of one run's label-free
+  choice (written by ``scripts/sweep_adaptation.py --every-epoch``, read by ``scripts/evaluate_choice.py``).
 
 Read them only through :func:`read_result_file`: errors name the file and the field, and say what to rerun. A file
 written before these files were versioned (no ``format`` and no ``format_version``) holds the same fields and is
@@ -26,6 +28,7 @@ BENCHMARK_ARGUMENTS_FILE_NAME = "benchmark.json"
 METHOD_FILE_NAME = "method.json"
 BENCHMARK_RESULTS_FILE_NAME = "results.json"
 DEMO_RESULTS_FILE_NAME = "demo_results.json"
+CANDIDATE_DICE_FILE_NAME = "candidate_dice.json"
 
 
 class ResultFileError(ValueError):
@@ -148,6 +151,17 @@ class DemoResults(_VersionedFile):
     shift: list[str] = Field(description="the intensity shifts of the family, in order")
 
 
+class CandidateDice(_VersionedFile):
+    """``candidate_dice.json``: the test-case Dice of each candidate (``source``, ``0``, ``1``, ...) of one run."""
+
+    format: Literal["nnunet-sfda-candidate-dice"] = "nnunet-sfda-candidate-dice"
+    format_version: Literal[1] = 1
+    run: str = Field(description="a name for the run (setting, seed)")
+    seed: int
+    test_cases: list[str] = Field(min_length=1)
+    dice: dict[str, float | None] = Field(min_length=1, description="candidate -> mean foreground test Dice")
+
+
 # -------------------------------------------------------------------------------------------------------- common
 FileModel = TypeVar("FileModel", bound=_VersionedFile)
 
@@ -182,7 +196,8 @@ def read_result_file(model: type[FileModel], path: str | Path, what: str, rerun:
         raise ResultFileError(f"{path}: {kind} ({validation_problems(e)}); {rerun}") from None
 
 
-__all__ = ["BENCHMARK_ARGUMENTS_FILE_NAME", "BENCHMARK_RESULTS_FILE_NAME", "DEMO_RESULTS_FILE_NAME",
+__all__ = ["BENCHMARK_ARGUMENTS_FILE_NAME", "BENCHMARK_RESULTS_FILE_NAME", "CANDIDATE_DICE_FILE_NAME", "CandidateDice",
+           "DEMO_RESULTS_FILE_NAME",
            "METHOD_FILE_NAME", "BenchmarkArguments", "BenchmarkResults", "Budget", "DemoResults", "FailedMethod",
            "MethodEntry", "MethodMeasures", "MethodRecord", "ResultFileError", "ShiftResults", "read_result_file",
            "write_result_file"]

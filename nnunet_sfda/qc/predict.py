@@ -149,9 +149,21 @@ class ModelPredictor:
         """A spatial axis of the raw array that is in-plane for the network: the last one after nnU-Net's transpose."""
         return int(self.predictor.plans_manager.transpose_forward[-1])
 
+    def use_checkpoint(self, checkpoint: Path) -> None:
+        """Predict with the weights of ``checkpoint`` from now on (another checkpoint of the same run: same network,
+        plans and configuration), without building the predictor again."""
+        import torch
+
+        self.predictor.list_of_parameters = [torch.load(checkpoint, map_location="cpu",
+                                                        weights_only=False)["network_weights"]]
+        self.checkpoint = Path(checkpoint)
+
+    def segment(self, image: np.ndarray, properties: dict) -> np.ndarray:
+        """The label map of the image (no test-time mirroring, like the benchmark's ``--disable_tta``)."""
+        return np.asarray(self.predictor.predict_single_npy_array(image, properties))
+
     def predict(self, image: np.ndarray, properties: dict) -> tuple[np.ndarray, np.ndarray]:
         """(label map of the image, label map of the image flipped along :attr:`flip_axis`, flipped back)."""
-        seg = self.predictor.predict_single_npy_array(image, properties)
         flipped = np.ascontiguousarray(np.flip(image, self.flip_axis + 1))  # + 1: the channel axis
-        seg_of_flipped = self.predictor.predict_single_npy_array(flipped, properties)
-        return np.asarray(seg), np.ascontiguousarray(np.flip(seg_of_flipped, self.flip_axis))
+        return self.segment(image, properties), np.ascontiguousarray(np.flip(self.segment(flipped, properties),
+                                                                             self.flip_axis))

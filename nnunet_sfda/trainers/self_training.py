@@ -33,7 +33,8 @@ from nnunet_sfda.prepared import (
     read_source_checkpoint,
 )
 from nnunet_sfda.trainers.consistency import StepTerms, _RecordsExtraTerms, new_step_seed, spatial_augment_for
-from nnunet_sfda.trainers.sfda import FINAL_CHECKPOINT, nnUNetTrainerSFDA
+from nnunet_sfda.trainers.selection import FINAL_CHECKPOINT
+from nnunet_sfda.trainers.sfda import nnUNetTrainerSFDA
 
 __all__ = ["nnUNetTrainerSFDA_selfTrain", "nnUNetTrainerSFDA_selfTrainAdaMI"]
 

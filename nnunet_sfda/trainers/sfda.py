@@ -69,17 +69,13 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
 from nnunetv2.utilities.helpers import dummy_context
 
-from nnunet_sfda.label_free import candidates_from_scores, choose
 from nnunet_sfda.losses import AdaMILoss, AdaMITerms
 from nnunet_sfda.plots import plot_sfda_history
 from nnunet_sfda.priors import PRIOR_FILE_NAME, ClassRatioPrior, check_prior_labels, load_prior
 from nnunet_sfda.priors.geometry import patch_prior
 from nnunet_sfda.records import (
     HISTORY_FILE_NAME,
-    LAST_CHECKPOINT_FILE_NAME,
     SETTINGS_FILE_NAME,
-    SOURCE,
-    CheckpointChoice,
     EpochRecord,
     PhaseRecord,
     RunHistory,
@@ -89,7 +85,6 @@ from nnunet_sfda.records import (
     save_history,
     save_run_settings,
     settings_from_content,
-    SourceRecord,
 )
 from nnunet_sfda.settings import ENV_PREFIX, SFDASettings
 from nnunet_sfda.trainers.loader import BoxReportingDataLoader
@@ -105,13 +100,13 @@ from nnunet_sfda.trainers.resume import (
     seed_everything,
 )
 from nnunet_sfda.trainers.selection import (
-    SOURCE_CHECKPOINT,
+    FINAL_CHECKPOINT,
+    LAST_CHECKPOINT,
+    LabelFreeChoice,
     ScoringBatch,
     cpu_weights,
-    draw_scoring_batches,
     epoch_checkpoint,
     save_inference_checkpoint,
-    score_network,
 )
 from nnunet_sfda.prepared import (
     SourceCheckpoint,
@@ -122,12 +117,11 @@ from nnunet_sfda.prepared import (
     read_source_checkpoint,
 )
 
-FINAL_CHECKPOINT, LATEST_CHECKPOINT = "checkpoint_final.pth", "checkpoint_latest.pth"
-LAST_CHECKPOINT = LAST_CHECKPOINT_FILE_NAME
+LATEST_CHECKPOINT = "checkpoint_latest.pth"
 CHOICE_KEY = "nnunet_sfda_choice"  # in checkpoint_final.pth: the CheckpointChoice it holds
 
 
-class nnUNetTrainerSFDA(nnUNetTrainer):
+class nnUNetTrainerSFDA(LabelFreeChoice, nnUNetTrainer):
     """AdaMI: class-weighted entropy + λ·KL(predicted class ratio ‖ prior class ratio), no source data."""
 
     # hyperparameters; the nnUNet_sfda_* variables named in accepted_settings override them (see settings.py)
@@ -140,17 +134,6 @@ class nnUNetTrainerSFDA(nnUNetTrainer):
     prior_mode: str | None = None  # None: see resolved_prior_mode
     accepts_true_size_prior: bool = False  # priors measured on target labels are for analysis variants only
     accepted_settings: ClassVar[frozenset[str]] = frozenset(SFDASettings.model_fields)
-    # the label-free choice (nnunet_sfda.label_free): choice score = (flip + w·source agreement) / (1 + w)
-    #: weight of the source agreement in the choice score. 0: the score is the flip agreement alone, because the
-    #: source agreement falls by construction as adaptation moves away from the source, and a score containing it
-    #: tripped the "fell 3 times in a row" guard on a healthy demo run while the flip agreement still rose
-    choice_source_weight: float = 0.0
-    #: "last": the latest plausible epoch before any collapse; "score": the highest choice score (not yet validated
-    #: on the benchmark's development seed, where agreement-based ranking favoured staying near the source)
-    checkpoint_preference: str = "last"
-    collapse_patience: int = 3  # the choice score falling this many times in a row is a collapse
-    plausible_range_factor: float = 10.0  # a class without a stated range: ratio / f ... ratio · f is plausible
-    label_free_seed: int = 20260101  # draws the fixed scoring patches (isolated from nnU-Net's random states)
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -418,113 +401,6 @@ class nnUNetTrainerSFDA(nnUNetTrainer):
                                "nnUNetv2_evaluate_simple where target labels exist")
         if self.sfda_history is not None and self.sfda_history.choice is not None:  # after training, not --val
             self._closing_summary()
-
-    # ------------------------------------------------------------------------------------ label-free choice
-    def _draw_scoring_patches(self) -> list[ScoringBatch]:
-        """The fixed patches every candidate is scored on: ``num_val_iterations_per_epoch`` batches of the
-        validation cases (none: no scoring, and checkpoint_final.pth holds the last epoch)."""
-        return draw_scoring_batches(lambda: self._plain_loader(self.get_tr_and_val_datasets()[1]),
-                                    self.num_val_iterations_per_epoch,
-                                    self.label_free_seed, self.sfda_prior,
-                                    len(self.configuration_manager.patch_size) == 2, self.plausible_range_factor)
-
-    def _full_resolution_logits(self, data: torch.Tensor) -> torch.Tensor:
-        with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
-            output = self.network(data)
-        return output[0] if isinstance(output, (list, tuple)) else output
-
-    def _score(self, is_source: bool) -> tuple[dict[str, float], list[str]]:
-        """Score the network's current weights on the fixed patches (no random draws, no gradients)."""
-        was_training = self.network.training
-        self.network.eval()
-        with torch.no_grad():
-            scores, implausible, labels = score_network(
-                self._full_resolution_logits, self._scoring, list(self.sfda_prior.labels),
-                None if is_source else self._source_labels, self.choice_source_weight, self.device)
-        self.network.train(was_training)
-        if is_source:
-            self._source_labels = labels
-        return scores, implausible
-
-    def _score_source(self) -> None:
-        """Epoch 'source' of the choice: the starting weights, scored once before training."""
-        if not self._scoring:
-            self.print_to_log_file("SFDA: no label-free scoring (no validation iterations): checkpoint_final.pth "
-                                   "will hold the last epoch")
-            return
-        scores, implausible = self._score(is_source=True)
-        self._candidate = cpu_weights(self._plain_network().state_dict())
-        self.sfda_history = self.sfda_history.with_fields(
-            source=SourceRecord(label_free_scores=scores, implausible_classes=implausible))
-        self._update_choice()
-        self._log_scores("source (before training)", scores, implausible)
-        if self.sfda_settings.save_every_epoch and self.local_rank == 0:
-            save_inference_checkpoint(Path(self.output_folder) / SOURCE_CHECKPOINT, self._candidate,
-                                      self._inference_keys(epoch=0))
-
-    def _inference_keys(self, epoch: int) -> dict:
-        return {"init_args": self.my_init_kwargs, "trainer_name": self.__class__.__name__,
-                "inference_allowed_mirroring_axes": self.inference_allowed_mirroring_axes, "current_epoch": epoch}
-
-    def _choice_rule(self) -> str:
-        pick = ("the latest" if self.checkpoint_preference == "last" else
-                f"the highest choice score = (flip agreement + {self.choice_source_weight:g}·source agreement) / "
-                f"{1 + self.choice_source_weight:g},")
-        return (f"{pick} among the source and the epochs before any collapse "
-                f"whose classes are all inside their plausible range (stated by the prior, else ratio / "
-                f"{self.plausible_range_factor:g} to ratio · {self.plausible_range_factor:g}); collapse: a class "
-                f"leaves its range or the score falls {self.collapse_patience} times in a row")
-
-    def _update_choice(self) -> None:
-        """Apply the rule (nnunet_sfda.label_free.choose) to every candidate so far; hold the chosen weights."""
-        history = self.sfda_history
-        candidates = history.scored_candidates()
-        if not candidates:  # nothing scored: the last epoch
-            choice = CheckpointChoice(chosen=history.epochs[-1].epoch, reason="no label-free scoring (no "
-                                      "validation iterations): the last epoch", collapse_at=None,
-                                      collapse_reason=None, rule=self._choice_rule())
-            self.sfda_history = history.with_fields(choice=choice)
-            return
-        names = [c for c, _ in candidates]
-        outcome = choose(candidates_from_scores([r.label_free_scores for _, r in candidates],
-                                                [r.implausible_classes for _, r in candidates]),
-                         self.collapse_patience, [self._candidate_name(c) for c in names],
-                         prefer=self.checkpoint_preference)
-        chosen = names[outcome.chosen]
-        if chosen == self.current_epoch:  # newly chosen (the source is held from the start)
-            self._candidate = cpu_weights(self._plain_network().state_dict())
-        collapse_at = None if outcome.collapse_at is None else names[outcome.collapse_at]
-        self.sfda_history = history.with_fields(choice=CheckpointChoice(
-            chosen=chosen, reason=outcome.reason, collapse_at=collapse_at, collapse_reason=outcome.collapse_reason,
-            rule=self._choice_rule()))
-
-    @staticmethod
-    def _candidate_name(candidate) -> str:
-        return "the source (before training)" if candidate == SOURCE else f"epoch {candidate}"
-
-    def _log_scores(self, what: str, scores: dict[str, float], implausible: list[str]) -> None:
-        shown = ", ".join(f"{name} {value:.4f}" for name, value in scores.items())
-        outside = f"; outside the plausible range: {', '.join(implausible)}" if implausible else ""
-        choice = self.sfda_history.choice
-        self.print_to_log_file(f"SFDA label-free scores of {what}: {shown}{outside}; chosen so far: "
-                               f"{self._candidate_name(choice.chosen)}")
-        if choice.collapse_at is not None and not self._collapse_reported:
-            self._collapse_reported = True
-            self.print_to_log_file(f"WARNING: SFDA collapse guard: {choice.collapse_reason}; epochs from "
-                                   f"{choice.collapse_at} on are not chosen (training goes on; see sfda_progress.png)")
-
-    def _closing_summary(self) -> None:
-        """The run's last log lines: the collapse warning, and what checkpoint_final.pth holds and why."""
-        choice = self.sfda_history.choice
-        last = self.sfda_history.epochs[-1].epoch
-        if choice.collapse_at is not None:
-            excluded = f"epoch {last}" if choice.collapse_at == last else f"epochs {choice.collapse_at}-{last}"
-            self.print_to_log_file(f"WARNING: SFDA collapse guard: {choice.collapse_reason}; {excluded} could not "
-                                   "be chosen (marked in sfda_progress.png)")
-        self.print_to_log_file(
-            f"SFDA: {FINAL_CHECKPOINT} holds the label-free choice among the source and epochs 0-{last}: "
-            f"{self._candidate_name(choice.chosen)}, by {choice.reason}. Plain nnUNetv2_predict uses it; for the "
-            f"last epoch's weights pass `-chk {LAST_CHECKPOINT}` (--c continues from them)")
 
     # ------------------------------------------------------------------------------------------- one step
     def _prior_for(self, batch: dict) -> torch.Tensor:
