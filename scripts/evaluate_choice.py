@@ -27,7 +27,9 @@ from nnunet_sfda.benchmark.choice_evaluation import (
 from nnunet_sfda.benchmark.result_files import CANDIDATE_DICE_FILE_NAME, CandidateDice, read_result_file
 from nnunet_sfda.files import atomic_write_json
 
-RULES = (Rule("last"), Rule("score", 0.0), Rule("score", 0.25), Rule("score", 1.0))
+RULES = (*(Rule("last", min_fall=f, range_exit_is_collapse=r) for r in (True, False)
+           for f in (0.0, 0.005, 0.01, 0.02, 1.0)),
+         *(Rule("score", w, min_fall=f) for w in (0.0, 0.25, 1.0) for f in (0.0, 0.01)))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,11 +61,11 @@ def main(argv: list[str] | None = None) -> int:
     means = {s: [c[s] for c in correlations.values() if c.get(s) is not None] for s in scores}
     print(f"{'mean rank correlation':<55} " + " ".join(f"{np.mean(v):>12.2f}" if v else f"{'-':>12}"
                                                        for v in means.values()))
-    print(f"\n{'rule':<16} {'runs':>4} {'(a) within 0.02':>16} {'harmed':>7} {'(b) kept':>9} {'mean Dice':>10} "
+    print(f"\n{'rule':<26} {'runs':>4} {'(a) within 0.02':>16} {'harmed':>7} {'(b) kept':>9} {'mean Dice':>10} "
           f"{'mean regret':>12}")
     summaries = [summarize_rule(runs, rule) for rule in RULES]
     for s in summaries:
-        print(f"{s.rule:<16} {s.runs:>4} {s.goal_a:>16} {s.harmed:>7} {s.goal_b:>9} {s.mean_chosen_dice:>10.4f} "
+        print(f"{s.rule:<26} {s.runs:>4} {s.goal_a:>16} {s.harmed:>7} {s.goal_b:>9} {s.mean_chosen_dice:>10.4f} "
               f"{s.mean_regret:>12.4f}")
     if args.json:
         atomic_write_json(args.json, {"rank_correlations": correlations,

@@ -42,14 +42,36 @@ TRAIN_FAST = {"nnUNet_n_proc_DA": "0", **settings_env(num_epochs=1, iterations_p
 
 
 @pytest.fixture(scope="session")
-def source_model(tmp_path_factory) -> SourceModel:
+def source_model(tmp_path_factory, worker_id) -> SourceModel:
     """Plan, preprocess and briefly train a 2d source model on a phantom; write an unlabelled shifted target.
 
-    The source's raw and preprocessed folders are deleted afterwards: a target site never has them.
+    The source's raw and preprocessed folders are deleted afterwards: a target site never has them. Under
+    pytest-xdist the workers share one (the first builds it, under a file lock): every test that adds to its folders
+    uses a dataset id of its own.
     """
+    if worker_id == "master":  # not distributed
+        return build_source_model(tmp_path_factory.mktemp("sfda"))
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp().parent / "shared_source_model"
+    with FileLock(f"{root}.lock"):
+        if not (root / "READY").is_file():
+            shutil.rmtree(root, ignore_errors=True)
+            root.mkdir()
+            build_source_model(root)
+            (root / "READY").write_text("built\n")
+    return source_model_in(root)
+
+
+def source_model_in(root: Path) -> SourceModel:
+    return SourceModel(root, root / "res" / "Dataset601_TestSource" / "nnUNetTrainer_sfdaShort__nnUNetPlans__2d",
+                       "Dataset601_TestSource", root / "raw" / "Dataset602_TestTarget", root / "target_labels",
+                       root / "test" / "images", root / "test" / "labels")
+
+
+def build_source_model(root: Path) -> SourceModel:
     from nnunet_sfda.benchmark.phantom import DEFAULT_SHIFT, PhantomSpec, write_cases, write_dataset
 
-    root = tmp_path_factory.mktemp("sfda")
     spec = PhantomSpec(shape=(6, 48, 48))
     raw = root / "raw"
     src = write_dataset(raw, 601, "TestSource", 5, seed=1, spec=spec)
@@ -66,5 +88,6 @@ def source_model(tmp_path_factory) -> SourceModel:
     assert (model_folder / "fold_all" / "checkpoint_final.pth").is_file()
     shutil.rmtree(src)
     shutil.rmtree(root / "pre" / src.name)
-    return SourceModel(root, model_folder, src.name, tgt, root / "target_labels", root / "test" / "images",
-                       root / "test" / "labels")
+    built = source_model_in(root)
+    assert (built.model_folder, built.target_raw) == (model_folder, tgt)
+    return built

@@ -27,7 +27,7 @@ blob,child,0,0.2,0.05,,,mL,,test table,
 """
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # once per worker, however pytest-xdist interleaves the modules
 def prepared(source_model):
     """A copy of the unlabelled target, prepared for 2d adaptation."""
     name = "Dataset611_PriorTarget"

@@ -109,6 +109,18 @@ def test_a_score_falling_patience_times_in_a_row_is_a_collapse():
     assert (c.chosen, c.collapse_at) == (1, 4)  # the late 0.9 comes after the collapse: not chosen
     assert "fell 3 times in a row up to 3" in c.collapse_reason
     assert choose([Candidate(s) for s in scores], patience=4).collapse_at is None
+    # with a minimum fall, a drift of 0.03 over the three falls is no collapse, and the late 0.9 wins
+    tolerant = choose([Candidate(s) for s in scores], patience=3, min_fall=0.05)
+    assert (tolerant.chosen, tolerant.collapse_at) == (5, None)
+    assert choose([Candidate(s) for s in scores], patience=3, min_fall=0.029).collapse_at == 4
+
+
+def test_a_range_exit_is_a_collapse_or_only_rules_out_that_candidate():
+    candidates = [Candidate(0.6, ("organ",)), Candidate(0.7), Candidate(0.8, ("organ",)), Candidate(0.75)]
+    strict = choose(candidates, patience=3, prefer="last")
+    assert (strict.chosen, strict.collapse_at) == (1, 2) and "organ left the plausible range" in strict.collapse_reason
+    lenient = choose(candidates, patience=3, prefer="last", range_exit_is_collapse=False)
+    assert (lenient.chosen, lenient.collapse_at, lenient.implausible) == (3, None, (0, 2))
 
 
 def test_the_choice_is_online():

@@ -25,7 +25,7 @@ from nnunet_sfda.trainers.selection import FINAL_CHECKPOINT, LAST_CHECKPOINT
 
 ALL = frozenset(SFDASettings.model_fields)
 NEW = {  # class -> (refused settings, (initial_lr, num_epochs, iterations, λ))
-    "nnUNetTrainerSFDA_consistency": ({"kl_weight"}, (1e-4, 12, 25, 0.0)),
+    "nnUNetTrainerSFDA_consistency": ({"kl_weight"}, (3e-4, 12, 25, 0.0)),
     "nnUNetTrainerSFDA_consistencyAdaMI": (set(), (1e-3, 12, 25, 1.0)),
     "nnUNetTrainerSFDA_selfTrain": (set(), (1e-3, 12, 25, 1.0)),
     "nnUNetTrainerSFDA_selfTrainAdaMI": (set(), (1e-3, 12, 25, 1.0)),

@@ -104,11 +104,16 @@ def test_invalid_record_names_the_file_and_field(prepared, edit, field):
 
 # -------------------------------------------------------------------------------------- interrupted runs
 def test_held_interrupt_arrives_after_the_block():
+    # Python's own Ctrl-C handler, as the command has it (a pytest-xdist worker ignores SIGINT)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     finished = []
-    with pytest.raises(KeyboardInterrupt):
-        with target.interrupts_held():
-            signal.raise_signal(signal.SIGINT)
-            finished.append(True)  # not cut short
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with target.interrupts_held():
+                signal.raise_signal(signal.SIGINT)
+                finished.append(True)  # not cut short
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert finished == [True]
 
 

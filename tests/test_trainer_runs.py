@@ -34,10 +34,10 @@ class nnUNetTrainerSFDA_faultTest(nnUNetTrainerSFDA):
 '''
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # once per worker, however pytest-xdist interleaves the modules
 def target(source_model) -> str:
     """A prepared target with labelsTr (so the monitoring Dice is recorded) and a constant prior."""
-    name = copy_target(source_model, 611, "Runs", with_labels=True)
+    name = copy_target(source_model, 613, "Runs", with_labels=True)
     env = nnunet_env(source_model.root)
     run(["nnunet-sfda", "prepare-target", "-m", str(source_model.model_folder), "-d", name, "-c", "2d", "-np", "1"],
         env)

@@ -52,15 +52,19 @@ def _ranks(values: np.ndarray) -> np.ndarray:
 @dataclass(frozen=True)
 class Rule:
     """A label-free choice rule: the preference of :func:`~nnunet_sfda.label_free.choose`, the weight of the source
-    agreement in the choice score, and the collapse guard's patience."""
+    agreement in the choice score, and the collapse guard's patience and minimum fall."""
 
     prefer: str = "last"
     source_weight: float = 0.0
     patience: int = 3
+    min_fall: float = 0.0
+    range_exit_is_collapse: bool = True
 
     @property
     def name(self) -> str:
-        return "last" if self.prefer == "last" else f"score(w={self.source_weight:g})"
+        pick = "last" if self.prefer == "last" else f"score(w={self.source_weight:g})"
+        return (pick + (f", fall>{self.min_fall:g}" if self.min_fall else "")
+                + ("" if self.range_exit_is_collapse else ", exits skip"))
 
 
 @dataclass(frozen=True)
@@ -80,7 +84,8 @@ class RunCandidates:
     def chosen_by(self, rule: Rule) -> int:
         candidates = [Candidate(choice_score(s["flip_agreement"], s["source_agreement"], rule.source_weight), bad)
                       for s, bad in zip(self.scores, self.implausible)]
-        return choose(candidates, rule.patience, list(self.names), prefer=rule.prefer).chosen
+        return choose(candidates, rule.patience, list(self.names), prefer=rule.prefer, min_fall=rule.min_fall,
+                      range_exit_is_collapse=rule.range_exit_is_collapse).chosen
 
     def goals(self, chosen: int) -> tuple[bool, bool | None]:
         """(goal a met, goal b met — None where the last epoch is not more than 0.01 below the source)."""

@@ -172,7 +172,8 @@ class Benchmark:
             self.progress.run(f"[{shift}] estimate-prior from the source labels' volumes",
                               ["nnunet-sfda", "estimate-prior", "-d", name, "--labels", str(source_labels)],
                               f"{shift}_estimate_prior")
-        if not (pre / TRUE_SIZE_PRIOR_FILE_NAME).is_file():
+        wants_true_size = any(METHODS[m].prior == "true_size" for m in self.cfg.methods)
+        if wants_true_size and not (pre / TRUE_SIZE_PRIOR_FILE_NAME).is_file():
             self.progress.run(f"[{shift}] true-size prior (analysis only)",
                               ["nnunet-sfda", "estimate-prior", "-d", name, "--labels",
                                str(self.out / "nnUNet_raw" / name / "labelsTr"), "--true-size"],

@@ -118,7 +118,13 @@ class LabelFreeChoice:
     #: "last": the latest plausible epoch before any collapse; "score": the highest choice score (not yet validated
     #: on the benchmark's development seed, where agreement-based ranking favoured staying near the source)
     checkpoint_preference: str = "last"
-    collapse_patience: int = 3  # the choice score falling this many times in a row is a collapse
+    collapse_patience: int = 3  # the choice score falling this many times in a row is a collapse ...
+    #: ... when it fell by more than this in all. Development seed (scripts/evaluate_choice.py, docs/results.md):
+    #: 0, 0.005 and 0.01 chose equally well; 0.01, the largest of the tie: the guard is for collapses, not drifts
+    collapse_min_fall: float = 0.01
+    #: False: a candidate with a class outside its plausible range is only not chosen, and a run that comes back
+    #: inside can be chosen later (development seed: a range exit that excluded every later epoch cost one run 0.18)
+    range_exit_is_collapse: bool = False
     plausible_range_factor: float = 10.0  # a class without a stated range: ratio / f ... ratio · f is plausible
     label_free_seed: int = 20260101  # draws the fixed scoring patches (isolated from nnU-Net's random states)
 
@@ -172,10 +178,12 @@ class LabelFreeChoice:
         pick = ("the latest" if self.checkpoint_preference == "last" else
                 f"the highest choice score = (flip agreement + {self.choice_source_weight:g}·source agreement) / "
                 f"{1 + self.choice_source_weight:g},")
+        fall = (f"the score falls {self.collapse_patience} times in a row"
+                + (f" by more than {self.collapse_min_fall:g} in all" if self.collapse_min_fall else ""))
+        collapse = f"a class leaves its range or {fall}" if self.range_exit_is_collapse else fall
         return (f"{pick} among the source and the epochs before any collapse "
                 f"whose classes are all inside their plausible range (stated by the prior, else ratio / "
-                f"{self.plausible_range_factor:g} to ratio · {self.plausible_range_factor:g}); collapse: a class "
-                f"leaves its range or the score falls {self.collapse_patience} times in a row")
+                f"{self.plausible_range_factor:g} to ratio · {self.plausible_range_factor:g}); collapse: {collapse}")
 
     def _update_choice(self) -> None:
         """Apply the rule (nnunet_sfda.label_free.choose) to every candidate so far; hold the chosen weights."""
@@ -191,7 +199,8 @@ class LabelFreeChoice:
         outcome = choose(candidates_from_scores([r.label_free_scores for _, r in candidates],
                                                 [r.implausible_classes for _, r in candidates]),
                          self.collapse_patience, [self._candidate_name(c) for c in names],
-                         prefer=self.checkpoint_preference)
+                         prefer=self.checkpoint_preference, min_fall=self.collapse_min_fall,
+                         range_exit_is_collapse=self.range_exit_is_collapse)
         chosen = names[outcome.chosen]
         if chosen == self.current_epoch:  # newly chosen (the source is held from the start)
             self._candidate = cpu_weights(self._plain_network().state_dict())
@@ -223,6 +232,10 @@ class LabelFreeChoice:
             excluded = f"epoch {last}" if choice.collapse_at == last else f"epochs {choice.collapse_at}-{last}"
             self.print_to_log_file(f"WARNING: SFDA collapse guard: {choice.collapse_reason}; {excluded} could not "
                                    "be chosen (marked in sfda_progress.png)")
+        outside = [self._candidate_name(c) for c, r in self.sfda_history.scored_candidates() if r.implausible_classes]
+        if outside:
+            self.print_to_log_file(f"WARNING: SFDA: a class was outside its plausible range at {', '.join(outside)}, "
+                                   "so they could not be chosen (red crosses in sfda_progress.png)")
         self.print_to_log_file(
             f"SFDA: {FINAL_CHECKPOINT} holds the label-free choice among the source and epochs 0-{last}: "
             f"{self._candidate_name(choice.chosen)}, by {choice.reason}. Plain nnUNetv2_predict uses it; for the "

@@ -31,9 +31,9 @@ Choices, and why:
   :mod:`nnunet_sfda.label_free`), in the validation phase only; the scores go to the history. ``checkpoint_final.pth``
   holds the chosen candidate (so plain ``nnUNetv2_predict`` uses it), ``checkpoint_last.pth`` the last epoch's
   weights (``-chk checkpoint_last.pth``; ``--c`` continues from it). Only the best-so-far candidate's weights are held
-  (on the CPU). A **collapse guard** (a class leaves its plausible range, or the score falls ``collapse_patience``
-  times in a row) stops later epochs from being chosen and says so in the log, ``sfda_progress.png`` and the closing
-  summary; the run still exits 0. ``nnUNet_sfda_save_every_epoch=1`` (benchmarks) also writes
+  (on the CPU). An epoch with a class outside its plausible range is not chosen; a **collapse guard** (the score
+  falls ``collapse_patience`` times in a row, by more than ``collapse_min_fall`` in all) stops later epochs from
+  being chosen. Both are said in the log, ``sfda_progress.png`` and the closing summary; the run still exits 0. ``nnUNet_sfda_save_every_epoch=1`` (benchmarks) also writes
   ``checkpoint_source.pth`` and ``checkpoint_epoch_{e}.pth``.
 - **Frame of the prior**: ratios are fractions of the network input (after nnU-Net's crop to the non-zero region and
   resampling). Resampling keeps fractions; the crop removes only air, which the prior's background must not count.

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from nnunet_sfda.benchmark.phantom.anatomy import LABEL_NAMES, T2_LEVELS, PhantomSpec, case_rng
 from nnunet_sfda.benchmark.phantom.cases import case_ids_for, make_case, write_cases
+from nnunet_sfda.benchmark.phantom.cli import main
 from nnunet_sfda.benchmark.phantom.demo_layout import DemoLayout, make_demo_datasets
 from nnunet_sfda.benchmark.phantom.families import (
     SHIFT_FAMILIES,
@@ -55,6 +56,7 @@ from nnunet_sfda.benchmark.phantom.shifts import (
 )
 
 __all__ = [
+    "main",
     "T2_LEVELS",
     "T1_LEVELS",
     "LABEL_NAMES",
