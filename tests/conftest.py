@@ -63,6 +63,12 @@ def source_model(tmp_path_factory, worker_id) -> SourceModel:
     return source_model_in(root)
 
 
+def worker_dataset_id(base: int, worker_id: str) -> int:
+    """A dataset id of this pytest-xdist worker's own (``base`` + 50 per worker) for a fixture that each worker sets up
+    once in the shared source model's folders."""
+    return base if worker_id == "master" else base + 50 * int(worker_id.removeprefix("gw"))
+
+
 def source_model_in(root: Path) -> SourceModel:
     return SourceModel(root, root / "res" / "Dataset601_TestSource" / "nnUNetTrainer_sfdaShort__nnUNetPlans__2d",
                        "Dataset601_TestSource", root / "raw" / "Dataset602_TestTarget", root / "target_labels",
@@ -91,3 +97,14 @@ def build_source_model(root: Path) -> SourceModel:
     built = source_model_in(root)
     assert (built.model_folder, built.target_raw) == (model_folder, tgt)
     return built
+
+
+def pytest_collection_modifyitems(config, items):
+    """Long end-to-end tests without the shared source model first, tests that use it last: under pytest-xdist one
+    worker runs the long ones while the other builds the source model, instead of waiting for its lock."""
+    def group(item) -> int:
+        if "source_model" in getattr(item, "fixturenames", ()):
+            return 2
+        return 0 if item.get_closest_marker("slow") else 1
+
+    items.sort(key=group)  # stable: the order within each group stays pytest's

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import nnunet_env, run
+from conftest import nnunet_env, run, worker_dataset_id
 from nnunet_sfda.benchmark.commands import console_script
 from nnunet_sfda.cli import main as sfda_main
 from nnunet_sfda.prepared import case_geometries
@@ -28,9 +28,9 @@ blob,child,0,0.2,0.05,,,mL,,test table,
 
 
 @pytest.fixture(scope="session")  # once per worker, however pytest-xdist interleaves the modules
-def prepared(source_model):
+def prepared(source_model, worker_id):
     """A copy of the unlabelled target, prepared for 2d adaptation."""
-    name = "Dataset611_PriorTarget"
+    name = f"Dataset{worker_dataset_id(611, worker_id)}_PriorTarget"
     folder = source_model.root / "raw" / name
     shutil.copytree(source_model.target_raw, folder)
     env = nnunet_env(source_model.root)

@@ -6,7 +6,7 @@ import subprocess
 import pytest
 import torch
 
-from conftest import nnunet_env, run
+from conftest import nnunet_env, run, worker_dataset_id
 from nnunet_sfda.benchmark.commands import console_script
 from nnunet_sfda.prepared import file_sha256
 from nnunet_sfda.records import load_history, load_run_settings
@@ -35,9 +35,9 @@ class nnUNetTrainerSFDA_faultTest(nnUNetTrainerSFDA):
 
 
 @pytest.fixture(scope="session")  # once per worker, however pytest-xdist interleaves the modules
-def target(source_model) -> str:
+def target(source_model, worker_id) -> str:
     """A prepared target with labelsTr (so the monitoring Dice is recorded) and a constant prior."""
-    name = copy_target(source_model, 613, "Runs", with_labels=True)
+    name = copy_target(source_model, worker_dataset_id(613, worker_id), "Runs", with_labels=True)
     env = nnunet_env(source_model.root)
     run(["nnunet-sfda", "prepare-target", "-m", str(source_model.model_folder), "-d", name, "-c", "2d", "-np", "1"],
         env)
