@@ -13,7 +13,8 @@ logs. Results folders are per trainer class, so runs go one after another and ea
 A setting is NAME:TRAINER[:key=value,...] where keys are nnUNet_sfda_* suffixes (lr, kl_weight, num_epochs,
 iterations_per_epoch, prior). Prints one table at the end and writes DEMO/sweeps/summary.json.
 
-``--seed`` is the adaptation seed (give the demo's own ``--seed``). ``--every-epoch`` keeps every candidate of the
+The adaptation seed is the demo's own (read from its adaptation run's ``sfda_settings.json``), so every setting
+starts like the demo did; ``--seed`` may only repeat it. ``--every-epoch`` keeps every candidate of the
 label-free choice (``nnUNet_sfda_save_every_epoch=1``) and writes the test Dice of each to
 ``DEMO/sweeps/<name>/candidate_dice.json``, beside the run's history: ``scripts/evaluate_choice.py`` reads them.
 """
@@ -45,10 +46,22 @@ from nnunet_sfda.settings import settings_env
 TWIN_ID = 599
 
 
-def _env(demo: Path, extra: dict[str, str], seed: int = 0) -> dict[str, str]:
-    """The demo's nnU-Net folders, the seed and a setting's values (validated: an unknown key fails before
-    training)."""
+def _env(demo: Path, extra: dict[str, str], seed: int | None = None) -> dict[str, str]:
+    """The demo's nnU-Net folders, the seed (for training) and a setting's values (validated: an unknown key fails
+    before training)."""
     return nnunet_env(demo, nnUNet_n_proc_DA="0", **settings_env(**{"seed": seed, **extra}))
+
+
+def _demo_seed(demo: Path, target: str) -> int:
+    """The seed the demo's own adaptation ran with (its ``sfda_settings.json``)."""
+    settings = (demo / "nnUNet_results" / target / f"nnUNetTrainerSFDA__nnUNetPlans__{CONFIGURATION}" / "fold_all"
+                / records.SETTINGS_FILE_NAME)
+    if not settings.is_file():
+        raise SystemExit(f"{settings} not found: run `nnunet-sfda demo -o {demo} --overwrite` again")
+    seed = records.load_run_settings(settings).seed
+    if seed is None:
+        raise SystemExit(f"{settings}: the demo's adaptation ran without a seed, so no sweep can start like it")
+    return seed
 
 
 def _run(cmd: list[str], env: dict[str, str], log: Path) -> None:
@@ -77,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--demo-dir", type=Path, required=True)
     parser.add_argument("--setting", action="append", default=[], help="NAME:TRAINER[:key=value,...]")
     parser.add_argument("--prepare-only", action="store_true", help="only create the labelled twin dataset")
-    parser.add_argument("--seed", type=int, default=0, help="adaptation seed (the demo's --seed; default 0)")
+    parser.add_argument("--seed", type=int, help="adaptation seed; default and only allowed value: the demo's own")
     parser.add_argument("--every-epoch", action="store_true",
                         help="keep every candidate checkpoint and measure the test Dice of each")
     parser.add_argument("-device", default="cpu")
@@ -94,6 +107,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.setting:
         parser.error("give at least one --setting")
+    seed = _demo_seed(demo, target)
+    if args.seed is not None and args.seed != seed:
+        parser.error(f"--seed {args.seed}: the demo in {demo} adapted with seed {seed}; a sweep starts like the demo")
     cases = results.test_cases
     labels = read_json(pre / target / "dataset.json", "the prepared target's dataset.json")["labels"]
 
@@ -105,8 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         if out.exists():
             shutil.rmtree(out)
         out.mkdir(parents=True)
-        env = _env(demo, {**extra, **({"save_every_epoch": "1"} if args.every_epoch else {})}, args.seed)
-        print(f"[{name}] {trainer} {extra} seed {args.seed}", flush=True)
+        env = _env(demo, {**extra, **({"save_every_epoch": "1"} if args.every_epoch else {})}, seed)
+        print(f"[{name}] {trainer} {extra} seed {seed}", flush=True)
         folder = demo / "nnUNet_results" / twin / f"{trainer}__nnUNetPlans__{CONFIGURATION}"
         shutil.rmtree(folder, ignore_errors=True)
         _run(["nnUNetv2_train", twin, CONFIGURATION, "all", "-tr", trainer, "-device", args.device], env,
@@ -127,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
             dice = candidate_test_dice(folder / "fold_all", test_images, test_labels,
                                        read_json(pre / twin / "dataset.json", "the twin's dataset.json"),
                                        read_json(folder / "plans.json", "the run's plans.json"), args.device)
-            write_result_file(CandidateDice(run=name, seed=args.seed, test_cases=list(cases), dice=dice),
+            write_result_file(CandidateDice(run=name, seed=seed, test_cases=list(cases), dice=dice),
                               out / CANDIDATE_DICE_FILE_NAME)
             summary[name]["candidate_test_dice"] = dice
             chosen = history.choice.chosen if history.choice else None
