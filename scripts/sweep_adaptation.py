@@ -101,15 +101,15 @@ def main(argv: list[str] | None = None) -> int:
     pre = demo / "nnUNet_preprocessed"
     target = next(p.name for p in pre.iterdir() if record_path(p).is_file() and "SweepTwin" not in p.name)
     record = prepared_configurations(pre / target)[CONFIGURATION]
+    seed = _demo_seed(demo, target)
+    if args.seed is not None and args.seed != seed:
+        parser.error(f"--seed {args.seed}: the demo in {demo} adapted with seed {seed}; a sweep starts like the demo")
     twin = _labelled_twin(demo, target, Path(record.model_folder), pre / target / "sfda_prior.json")
     test_images, test_labels = demo / "target_test" / "images", demo / "target_test" / "labels"
     if args.prepare_only:
         return 0
     if not args.setting:
         parser.error("give at least one --setting")
-    seed = _demo_seed(demo, target)
-    if args.seed is not None and args.seed != seed:
-        parser.error(f"--seed {args.seed}: the demo in {demo} adapted with seed {seed}; a sweep starts like the demo")
     cases = results.test_cases
     labels = read_json(pre / target / "dataset.json", "the prepared target's dataset.json")["labels"]
 
