@@ -89,7 +89,7 @@ def _report(args: argparse.Namespace) -> None:
     from nnunet_sfda.qc.report import make_report
 
     result = make_report(args.d, args.c, args.tr, plans=args.p, images=args.i, labels=args.labels, output=args.o,
-                         device=args.device, overwrite=args.overwrite)
+                         device=args.device, overwrite=args.overwrite, checkpoint=args.chk)
     counts = ", ".join(f"{r} {n}" for r, n in result.report.counts().items())
     print(f"Wrote {result.folder} ({len(result.report.cases)} cases: {counts}); see sfda_report.md there")
 
@@ -187,6 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", default=None, metavar="LABELS",
                    help="folder of label maps CASE.ending: adds each model's Dice (to check the flags)")
     p.add_argument("-o", default=None, help="output folder (default: a new ./sfda_report_<d>_<tr>)")
+    p.add_argument("-chk", default="checkpoint_final.pth",
+                   help="adapted checkpoint in fold_all (default: the label-free choice; checkpoint_last.pth: the "
+                        "last epoch)")
     p.add_argument("-device", default="cpu", help="cpu or cuda")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an earlier report in -o (never a folder the report did not make)")

@@ -68,19 +68,25 @@ def _thresholds() -> dict[str, float]:
 def make_report(dataset: str, configuration: str, trainer: str, plans: str | None = None,
                 images: str | os.PathLike | None = None, labels: str | os.PathLike | None = None,
                 output: str | os.PathLike | None = None, device: str = "cpu", overwrite: bool = False,
-                log: Callable[[str], None] = print) -> ReportResult:
+                checkpoint: str = DEFAULT_CHECKPOINT, log: Callable[[str], None] = print) -> ReportResult:
     """Predict every scan with the source and the adapted model, measure, recommend and write the report folder.
 
     ``images``: a folder of new scans (``CASE_XXXX{file_ending}``), default the prepared cases in the target's raw
     ``imagesTr``. ``labels``: a folder of ``CASE{file_ending}`` label maps for the Dice columns. ``output``: default
-    ``./sfda_report_<dataset>_<trainer>``. Bad input raises an error naming the file (see docs/report.md).
+    ``./sfda_report_<dataset>_<trainer>``. ``checkpoint``: the adapted model's file in ``fold_all`` (default the
+    label-free choice, ``checkpoint_final.pth``; e.g. ``checkpoint_last.pth`` for the last epoch's weights). Bad input
+    raises an error naming the file (see docs/report.md).
     """
     preprocessed = preprocessed_dataset_folder(dataset)
     source = read_source_checkpoint(preprocessed, configuration)  # an unprepared target: its clear error
     dataset_json = prepared_dataset_json(preprocessed)
     plans = plans or source.plans_identifier
     run_folder = adapted_model_folder(preprocessed.name, trainer, plans, configuration)
-    adapted_checkpoint = run_folder / f"fold_{ADAPTED_FOLD}" / DEFAULT_CHECKPOINT
+    adapted_checkpoint = run_folder / f"fold_{ADAPTED_FOLD}" / checkpoint
+    if not adapted_checkpoint.is_file() and checkpoint != DEFAULT_CHECKPOINT:
+        present = sorted(p.name for p in adapted_checkpoint.parent.glob("checkpoint_*.pth"))
+        raise FileNotFoundError(f"{adapted_checkpoint} not found (-chk {checkpoint}); that folder holds: "
+                                f"{', '.join(present) or 'no checkpoint'}")
     if not adapted_checkpoint.is_file():
         raise FileNotFoundError(
             f"{adapted_checkpoint} not found: no adapted model in {run_folder}; adapt first with `nnUNetv2_train "
@@ -118,7 +124,7 @@ def make_report(dataset: str, configuration: str, trainer: str, plans: str | Non
     log(f"source:  {source.checkpoint}")
     log(f"adapted: {adapted_checkpoint}")
     source_model = ModelPredictor(Path(source.model_folder), source.fold, Path(source.checkpoint).name, device)
-    adapted_model = ModelPredictor(run_folder, ADAPTED_FOLD, DEFAULT_CHECKPOINT, device)
+    adapted_model = ModelPredictor(run_folder, ADAPTED_FOLD, checkpoint, device)
 
     rows, slices = [], {}
     for number, files in enumerate(cases, 1):
