@@ -1,6 +1,7 @@
 """``nnunet-sfda benchmark``: generated domain shifts, every method through the stock commands, one results file.
 
-For each shift family: a labelled source domain (shared by all shifts) trains one source model; the shifted target
+For each shift family: a labelled source domain (shared by all families of one anatomy: the phantom or the real
+brain, :mod:`~nnunet_sfda.benchmark.phantom.brain`) trains one source model; the shifted target
 gets training cases (unlabelled for adaptation) and separate test cases that no method trains on. Methods:
 
 =======================  ===========================================================================================
@@ -72,7 +73,8 @@ from nnunet_sfda.priors import PRIOR_FILE_NAME
 from nnunet_sfda.settings import settings_env
 from nnunet_sfda.target_prior import TRUE_SIZE_PRIOR_FILE_NAME
 
-SOURCE_ID = 701
+SOURCE_ID = 701  # the phantom families' source; each other anatomy has its own (SOURCE_IDS)
+SOURCE_IDS = {"phantom": SOURCE_ID, "brain": 702}
 FIRST_TARGET_ID = 710
 GAP_MIN = 0.01  # gap_closure is null where oracle − source_only is smaller than this
 
@@ -124,29 +126,34 @@ class Benchmark:
         self.progress = StepRunner(self.out, base)
 
     # -- data --------------------------------------------------------------------------------------------------
-    def _source(self) -> tuple[str, Path]:
-        name = f"Dataset{SOURCE_ID}_BenchSource"
+    def _source(self, anatomy: str) -> tuple[str, Path]:
+        """The labelled source domain and its trained model for the families made of ``anatomy``."""
+        source_id = SOURCE_IDS[anatomy]
+        name = f"Dataset{source_id}_BenchSource" + ("" if anatomy == "phantom" else anatomy.capitalize())
         raw = self.out / "nnUNet_raw" / name
         cfg = self.p.configuration
         model = self.out / "nnUNet_results" / name / f"{SOURCE_TRAINER}__nnUNetPlans__{cfg}"
         if (model / "fold_all" / "checkpoint_final.pth").is_file():
             return name, model
+        spec = SHIFT_FAMILIES[next(s for s in self.cfg.shifts if SHIFT_FAMILIES[s].anatomy == anatomy)].case_spec(
+            self.p.spec)
         if not raw.is_dir():
-            write_dataset(self.out / "nnUNet_raw", SOURCE_ID, "BenchSource", self.p.num_source, seed=self.cfg.seed,
-                          spec=self.p.spec)
-        self.progress.run("source: planning and preprocessing",
-                          ["nnUNetv2_plan_and_preprocess", "-d", str(SOURCE_ID), "-c", cfg, "-np", "2"],
-                          "source_plan")
-        self.progress.run(f"source: training ({self.p.source_epochs} × {self.p.source_iterations} iterations)",
-                          ["nnUNetv2_train", str(SOURCE_ID), cfg, "all", "-tr", SOURCE_TRAINER, "-device",
-                           self.cfg.device], "source_train", {**self.train_env, **self._source_budget()})
+            write_dataset(self.out / "nnUNet_raw", source_id, name.split("_", 1)[1], self.p.num_source,
+                          seed=self.cfg.seed, spec=spec)
+        step = "source" if anatomy == "phantom" else f"source_{anatomy}"
+        self.progress.run(f"{step}: planning and preprocessing",
+                          ["nnUNetv2_plan_and_preprocess", "-d", str(source_id), "-c", cfg, "-np", "2"],
+                          f"{step}_plan")
+        self.progress.run(f"{step}: training ({self.p.source_epochs} × {self.p.source_iterations} iterations)",
+                          ["nnUNetv2_train", str(source_id), cfg, "all", "-tr", SOURCE_TRAINER, "-device",
+                           self.cfg.device], f"{step}_train", {**self.train_env, **self._source_budget()})
         return name, model
 
     def _source_budget(self) -> dict[str, str]:
         return settings_env(num_epochs=self.p.source_epochs, iterations_per_epoch=self.p.source_iterations,
                             seed=self.cfg.seed)
 
-    def _target(self, index: int, shift: str, model: Path) -> tuple[str, Path]:
+    def _target(self, index: int, shift: str, source: str, model: Path) -> tuple[str, Path]:
         """The shifted target as a labelled copy prepared with the source plans, its test cases and priors."""
         family = SHIFT_FAMILIES[shift]
         dataset_id = FIRST_TARGET_ID + index
@@ -156,18 +163,19 @@ class Benchmark:
         pre = self.out / "nnUNet_preprocessed" / name
         seed = self.cfg.seed + 1000 * (index + 1)
         if not (self.out / "nnUNet_raw" / name).is_dir():
+            spec = family.case_spec(self.p.spec)
             write_dataset(self.out / "nnUNet_raw", dataset_id, f"BenchTarget{short}", self.p.num_target, seed=seed,
-                          spec=self.p.spec, shifts=family.shifts, target_spacing=family.target_spacing,
+                          spec=spec, shifts=family.shifts, target_spacing=family.target_spacing,
                           labels_dir="in_dataset", overwrite=True)
             test_ids = [f"test_{i:03d}" for i in range(self.p.num_test)]
             write_cases(data / "test" / "images", data / "test" / "labels", test_ids, seed=seed + 1,
-                        spec=self.p.spec, shifts=family.shifts, target_spacing=family.target_spacing,
+                        spec=spec, shifts=family.shifts, target_spacing=family.target_spacing,
                         overwrite=True)
         if not (pre / RECORD_FILE_NAME).is_file():
             self.progress.run(f"[{shift}] prepare-target", ["nnunet-sfda", "prepare-target", "-m", str(model), "-d",
                                                             name, "-c", self.p.configuration, "-np", "1"],
                               f"{shift}_prepare_target")
-        source_labels = self.out / "nnUNet_raw" / f"Dataset{SOURCE_ID}_BenchSource" / "labelsTr"
+        source_labels = self.out / "nnUNet_raw" / source / "labelsTr"
         if not (pre / PRIOR_FILE_NAME).is_file():
             self.progress.run(f"[{shift}] estimate-prior from the source labels' volumes",
                               ["nnunet-sfda", "estimate-prior", "-d", name, "--labels", str(source_labels)],
@@ -231,8 +239,9 @@ class Benchmark:
                           f"[{shift}] {method.name}: no Dice")
         return record.entry()
 
-    def _run_shift(self, index: int, shift: str, source: str, model: Path) -> ShiftResults:
-        target, data = self._target(index, shift, model)
+    def _run_shift(self, index: int, shift: str) -> ShiftResults:
+        source, model = self._source(SHIFT_FAMILIES[shift].anatomy)
+        target, data = self._target(index, shift, source, model)
         results: dict[str, MethodEntry | FailedMethod] = {}
         order = sorted(self.cfg.methods, key=lambda m: (m not in ("source_only", "adami"), list(METHODS).index(m)))
         for name in order:
@@ -258,8 +267,7 @@ class Benchmark:
                           self.out / BENCHMARK_ARGUMENTS_FILE_NAME)
         self.progress.say(f"benchmark preset '{self.p.name}' ({self.p.note}); shifts: {', '.join(self.cfg.shifts)}; "
                           f"methods: {', '.join(self.cfg.methods)}; folder {self.out}")
-        source, model = self._source()
-        shifts = {shift: self._run_shift(index, shift, source, model) for index, shift in enumerate(self.cfg.shifts)}
+        shifts = {shift: self._run_shift(index, shift) for index, shift in enumerate(self.cfg.shifts)}
         results = BenchmarkResults(
             preset=self.p.name, shift=self.cfg.shifts[0], configuration=self.p.configuration,
             methods=shifts[self.cfg.shifts[0]].methods, shifts=shifts, machine=_machine(self.cfg.device),

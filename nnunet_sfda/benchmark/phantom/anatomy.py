@@ -111,6 +111,10 @@ class PhantomSpec:
         """The dataset.json ``labels`` entry, e.g. ``{"background": 0, "organ": 1}``."""
         return {n: i for i, n in enumerate(self.label_names)}
 
+    def make_source_case(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """One source-domain case (:func:`source_case`); every spec of :data:`~.cases.CaseSpec` has this method."""
+        return source_case(rng, self)
+
 
 def case_rng(seed: int, index: int) -> np.random.Generator:
     """The generator of case ``index`` of a split with ``seed``; independent of how many cases are written."""

@@ -13,31 +13,38 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Union
 
 import numpy as np
 import SimpleITK as sitk
 
-from nnunet_sfda.benchmark.phantom.anatomy import PhantomSpec, case_rng, source_case
+from nnunet_sfda.benchmark.phantom.anatomy import PhantomSpec, case_rng
+from nnunet_sfda.benchmark.phantom.brain import BrainSpec
 from nnunet_sfda.benchmark.phantom.resample import as_spacing, resample_case, resample_grid
 from nnunet_sfda.benchmark.phantom.shifts import ShiftLike, apply_shifts, normalize_shifts
+
+#: what a case is made from: the phantom (:class:`PhantomSpec`) or real brain anatomy (:class:`BrainSpec`)
+CaseSpec = Union[PhantomSpec, BrainSpec]
 
 
 def make_case(
     rng: np.random.Generator,
-    spec: PhantomSpec | None = None,
+    spec: CaseSpec | None = None,
     shifts: Sequence[ShiftLike] | str = (),
     target_spacing: Sequence[float] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One phantom case: (float32 image, uint8 labels), both shaped ``spec.shape`` (z, y, x), or the
+    """One case: (float32 image, uint8 labels), both shaped ``spec.shape`` (z, y, x), or the
     :func:`resample_grid` shape when ``target_spacing`` is given.
 
-    The image is the source-domain (T2-like) image at ``spec.spacing``; with ``target_spacing`` (z, y, x mm) image
+    The image is the spec's source-domain image at ``spec.spacing`` (the phantom's T2-like one, or the brain
+    family's T1, :mod:`.brain`); with ``target_spacing`` (z, y, x mm) image
     and labels are then resampled by :func:`resample_case` (no random numbers are used, so the anatomy equals that of
     the same case without it); finally ``shifts`` are applied in order (see :data:`SHIFTS`) on that grid. Air is
-    exactly 0, body voxels are > 0. Labels: 0 background, 1 organ, 2 lesion (only if ``spec.num_classes == 3``).
+    exactly 0, body voxels are > 0. Labels: ``spec.labels_dict`` (phantom: 0 background, 1 organ, 2 lesion only if
+    ``spec.num_classes == 3``; brain: 0 background, 1 grey matter, 2 white matter).
     """
     spec = spec or PhantomSpec()
-    image, labels = source_case(rng, spec)
+    image, labels = spec.make_source_case(rng)
     if target_spacing is not None:
         image, labels = resample_case(image, labels, spec.spacing, target_spacing)
     image = apply_shifts(image, labels, rng, shifts)
@@ -65,7 +72,7 @@ def write_cases(
     case_ids: Sequence[str],
     *,
     seed: int,
-    spec: PhantomSpec | None = None,
+    spec: CaseSpec | None = None,
     shifts: Sequence[ShiftLike] | str = (),
     overwrite: bool = False,
     target_spacing: Sequence[float] | None = None,

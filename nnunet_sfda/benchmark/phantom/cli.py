@@ -33,6 +33,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         family = combine_families(a.families)
     except ValueError as e:
         p.error(str(e))
-    layout = make_demo_datasets(a.raw_root, a.work_dir, a.seed, overwrite=a.overwrite, **family.as_kwargs())
+    layout = make_demo_datasets(a.raw_root, a.work_dir, a.seed, spec=family.case_spec(), overwrite=a.overwrite,
+                                **family.as_kwargs())
     for k, v in vars(layout).items():
         print(f"{k}: {v}")

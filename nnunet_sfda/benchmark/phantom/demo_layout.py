@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from nnunet_sfda.benchmark.phantom.anatomy import PhantomSpec
-from nnunet_sfda.benchmark.phantom.cases import case_ids_for, write_cases
+from nnunet_sfda.benchmark.phantom.cases import CaseSpec, case_ids_for, write_cases
 from nnunet_sfda.benchmark.phantom.raw_dataset import write_dataset
 from nnunet_sfda.benchmark.phantom.resample import Spacing, as_spacing
 from nnunet_sfda.benchmark.phantom.shifts import DEFAULT_SHIFT, ShiftLike, normalize_shifts, shift_names
@@ -50,7 +50,7 @@ def make_demo_datasets(
     work_dir: Path | str,
     seed: int = 0,
     *,
-    spec: PhantomSpec | None = None,
+    spec: CaseSpec | None = None,
     shifts: Sequence[ShiftLike] | str = DEFAULT_SHIFT,
     num_source: int = 12,
     num_target: int = 10,

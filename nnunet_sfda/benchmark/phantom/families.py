@@ -11,16 +11,20 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
+from nnunet_sfda.benchmark.phantom.anatomy import PhantomSpec
+from nnunet_sfda.benchmark.phantom.brain import BrainSpec
+from nnunet_sfda.benchmark.phantom.cases import CaseSpec
 from nnunet_sfda.benchmark.phantom.resample import Spacing, as_spacing
 from nnunet_sfda.benchmark.phantom.shifts import DEFAULT_SHIFT, LOW_CONTRAST_SHIFT, T1_LEVELS, normalize_shifts
 
 
 @dataclass(frozen=True)
 class ShiftFamily:
-    """A named target domain: intensity ``shifts`` (applied in order, see :data:`SHIFTS`) and an optional
-    ``target_spacing`` (z, y, x) in mm the target is acquired at (None: the spec's spacing).
+    """A named target domain: intensity ``shifts`` (applied in order, see :data:`SHIFTS`), an optional
+    ``target_spacing`` (z, y, x) in mm the target is acquired at (None: the spec's spacing), and the ``anatomy`` its
+    cases (and its source domain's) are made of: the ``phantom`` or real ``brain`` anatomy (:mod:`.brain`).
 
     ``write_dataset(..., **family.as_kwargs())`` writes it. Spacings are absolute, chosen for the default
     ``PhantomSpec().spacing`` of (3, 1, 1) mm.
@@ -30,6 +34,7 @@ class ShiftFamily:
     description: str
     shifts: tuple[Any, ...] = ()
     target_spacing: Spacing | None = None
+    anatomy: Literal["phantom", "brain"] = "phantom"
 
     def __post_init__(self) -> None:
         normalize_shifts(self.shifts)  # unknown shift names fail here
@@ -41,6 +46,13 @@ class ShiftFamily:
         """``{"shifts": ..., "target_spacing": ...}`` for :func:`write_dataset`, :func:`write_cases`,
         :func:`make_case` and :func:`make_demo_datasets`."""
         return {"shifts": self.shifts, "target_spacing": self.target_spacing}
+
+    def case_spec(self, phantom: PhantomSpec | None = None) -> CaseSpec:
+        """What this family's cases (source and target) are made of: ``phantom`` (default ``PhantomSpec()``) for
+        the phantom families, :class:`BrainSpec` for the brain ones."""
+        if self.anatomy == "brain":
+            return BrainSpec()
+        return phantom or PhantomSpec()
 
 
 def _families(*families: ShiftFamily) -> dict[str, ShiftFamily]:
@@ -90,6 +102,15 @@ SHIFT_FAMILIES: dict[str, ShiftFamily] = _families(
         "sigma 0.75 target voxels in-plane (~1.1 mm)",
         (("blur", {"sigma": 0.75, "sigma_z": 0.0}),),
         (4.0, 1.5, 1.5),
+    ),
+    ShiftFamily(
+        "brain_scanner",
+        "real brain anatomy (MNI152 subjects, grey and white matter; needs nilearn) from a T1 source to another "
+        "scanner's T1: gamma 0.45-0.55 (white/grey matter 1.27 -> ~1.13), smooth bias field exp(0.3 g), Rician noise "
+        "sigma 30",
+        (("gamma", {"gamma": (0.45, 0.55)}), ("bias_field", {"strength": 0.3, "order": 3}),
+         ("noise", {"sigma": 30.0, "kind": "rician"})),
+        anatomy="brain",
     ),
     ShiftFamily(
         "invert",
@@ -143,9 +164,13 @@ def combine_families(families: str | Sequence[str | ShiftFamily]) -> ShiftFamily
     spacings = {f.target_spacing for f in fams if f.target_spacing is not None}
     if len(spacings) > 1:
         raise ValueError(f"families {[f.name for f in fams]} ask for different target spacings {sorted(spacings)}")
+    anatomies = {f.anatomy for f in fams}
+    if len(anatomies) > 1:
+        raise ValueError(f"families {[f.name for f in fams]} are made of different anatomies {sorted(anatomies)}")
     return ShiftFamily(
         "+".join(f.name for f in fams),
         "; ".join(f"{f.name}: {f.description}" for f in fams),
         tuple(s for f in fams for s in f.shifts),
         next(iter(spacings), None),
+        anatomies.pop(),
     )

@@ -14,7 +14,7 @@ import numpy as np
 
 from nnunet_sfda.files import atomic_write_text
 from nnunet_sfda.benchmark.phantom.anatomy import PhantomSpec
-from nnunet_sfda.benchmark.phantom.cases import case_ids_for, write_cases
+from nnunet_sfda.benchmark.phantom.cases import CaseSpec, case_ids_for, write_cases
 from nnunet_sfda.benchmark.phantom.resample import as_spacing, resample_grid
 from nnunet_sfda.benchmark.phantom.shifts import ShiftLike, normalize_shifts, shift_names
 
@@ -29,7 +29,7 @@ def write_dataset(
     name: str,
     num_cases: int,
     seed: int,
-    spec: PhantomSpec | None = None,
+    spec: CaseSpec | None = None,
     shifts: Sequence[ShiftLike] | str = (),
     labels_dir: LabelsDir = "in_dataset",
     overwrite: bool = False,

@@ -168,6 +168,29 @@ def shift_invert(image: np.ndarray, labels: np.ndarray, rng: np.random.Generator
     return finalize(out, body)
 
 
+def shift_gamma(
+    image: np.ndarray,
+    labels: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    gamma: float | tuple[float, float] = (0.45, 0.55),
+) -> np.ndarray:
+    """Another sequence's intensity response: I -> r (I / r)^gamma inside the body, r the body's 99th percentile.
+
+    A monotone remapping (orderings are kept) that with gamma < 1 lifts dark tissue towards bright tissue: on the
+    brain family's T1, white/grey matter 1.27 -> ~1.13 and grey matter/CSF 1.65 -> ~1.28 at gamma 0.5. A pair draws
+    gamma uniformly per case.
+    """
+    if isinstance(gamma, (tuple, list)):
+        gamma = float(rng.uniform(gamma[0], gamma[1]))
+    body = image > 0
+    if not body.any():
+        return image.astype(np.float32)
+    x = image.astype(np.float64)
+    ref = float(np.percentile(x[body], 99))
+    return finalize(ref * np.power(np.maximum(x, 0.0) / ref, gamma), body)
+
+
 #: Registry of shifts: name -> f(image, labels, rng, **params) -> image. Defaults are in each function's signature.
 SHIFTS: dict[str, Callable[..., np.ndarray]] = {
     "contrast": shift_contrast,
@@ -175,6 +198,7 @@ SHIFTS: dict[str, Callable[..., np.ndarray]] = {
     "noise": shift_noise,
     "blur": shift_blur,
     "invert": shift_invert,
+    "gamma": shift_gamma,
 }
 
 #: Class levels of a low-contrast acquisition: the organ stays the brightest structure but only ~1.2x the tissue
