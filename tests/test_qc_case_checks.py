@@ -9,8 +9,7 @@ import pytest
 from nnunet_sfda.metrics import dice
 from nnunet_sfda.priors import constant_prior
 from nnunet_sfda.qc.case_checks import (
-    DISAGREEMENT_DICE,
-    FLIP_AGREEMENT_MIN,
+    THRESHOLDS,
     case_flags,
     measure_case,
     plausible_range_ml,
@@ -99,12 +98,12 @@ def test_both_models_implausible_asks_for_review():
 def test_disagreement_with_a_plausible_source_asks_for_review_but_not_with_an_implausible_one():
     source, adapted = box(2, 8), box(8, 14)  # same volume, no overlap
     m = measures(source, adapted)
-    assert m.agreement_dice < DISAGREEMENT_DICE
+    assert m.agreement_dice < THRESHOLDS.disagreement_dice
     assert recommend(m) == "review"
     assert f"source and adapted disagree (Dice {m.agreement_dice:.2f})" in case_flags(m)
     wide = measures(box(2, 4), box(2, 7), plausible={"organ": (20.0, 30.0)})  # source 4 mL (out), adapted 25 mL
     assert wide.implausible("source") == ["organ"] and not wide.implausible("adapted")
-    assert wide.agreement_dice < DISAGREEMENT_DICE and recommend(wide) == "adapted"
+    assert wide.agreement_dice < THRESHOLDS.disagreement_dice and recommend(wide) == "adapted"
     assert any("source outside the plausible range" in f for f in case_flags(wide))
 
 
@@ -112,7 +111,7 @@ def test_flip_consistency_decides_between_unstable_and_clearly_worse_adaptation(
     seg = box(5, 12)
     unstable_flip = box(9, 16)
     m = measures(seg, seg, source_flipped=unstable_flip, adapted_flipped=unstable_flip)
-    assert m.flip_agreement_adapted < FLIP_AGREEMENT_MIN
+    assert m.flip_agreement_adapted < THRESHOLDS.flip_agreement_min
     assert recommend(m) == "review"
     assert any(f.startswith("adapted unstable under a flip") for f in case_flags(m))
     worse = measures(seg, seg, source_flipped=seg, adapted_flipped=unstable_flip)

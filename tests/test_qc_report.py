@@ -91,3 +91,15 @@ def test_report_per_case_with_labels_and_its_one_line_errors(source_model, tmp_p
         f"nnunet-sfda report: error: {first}: label values [3] are not in the dataset's labels "
         "(background=0, organ=1)")
     assert load_report(out / REPORT_FILE_NAME) == report  # the refused run left the earlier report as it was
+
+    # -chk reports on another of the run's checkpoints; a missing one lists those the folder holds
+    missing = subprocess.run(report_command("-tr", "nnUNetTrainerSFDA", "-chk", "checkpoint_epoch_99.pth", "-o",
+                                            str(tmp_path / "chk")), env=env, capture_output=True, text=True,
+                             timeout=300)
+    assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1
+    assert "checkpoint_epoch_99.pth not found (-chk checkpoint_epoch_99.pth); that folder holds: " in missing.stderr
+    assert "checkpoint_last.pth" in missing.stderr and not (tmp_path / "chk").exists()
+    run(["nnunet-sfda", "report", "-d", "641", "-c", "2d", "-tr", "nnUNetTrainerSFDA", "-chk", "checkpoint_last.pth",
+         "--labels", str(source_model.target_labels), "-o", str(tmp_path / "chk"), "-device", "cpu"], env)
+    last = load_report(tmp_path / "chk" / REPORT_FILE_NAME)
+    assert last.adapted_checkpoint.endswith("fold_all/checkpoint_last.pth") and len(last.cases) == 4

@@ -10,8 +10,9 @@ predictions on the case flipped along one in-plane axis, mapped back). Everythin
   flipped image, flipped back. A cheap test-time-augmentation consistency: a model that segments the anatomy and
   not the noise gives (nearly) the same answer on a mirrored scan; a collapsed or unstable one does not.
 
-The recommendation rule (:func:`recommend`) and its thresholds (module constants) are documented in
-``docs/report.md``. The thresholds are first guesses; they are to be tuned on the benchmark's development seed.
+The recommendation rule (:func:`recommend`) and its thresholds (:class:`Thresholds`, :data:`THRESHOLDS`) are
+documented in ``docs/report.md``; ``scripts/evaluate_report.py`` replays the rule with other thresholds on recorded
+reports.
 """
 from __future__ import annotations
 
@@ -28,14 +29,22 @@ from nnunet_sfda.priors import ClassRatioPrior
 Recommendation = Literal["adapted", "source", "review"]
 RECOMMENDATIONS: tuple[Recommendation, ...] = ("adapted", "source", "review")
 
-#: a class whose adapted volume is this many times the source's (or 1/this) is flagged as grown (shrunk)
-VOLUME_CHANGE_FLAG = 2.0
-#: source and adapted "disagree" below this mean foreground Dice between their predictions
-DISAGREEMENT_DICE = 0.5
-#: the adapted prediction is "unstable" below this flip agreement
-FLIP_AGREEMENT_MIN = 0.8
-#: the source is "clearly more consistent" when its flip agreement exceeds the adapted one's by more than this
-FLIP_MARGIN = 0.1
+@dataclass(frozen=True)
+class Thresholds:
+    """The constants of the flags and of the recommendation rule (docs/report.md); the report file records them."""
+
+    #: a class whose adapted volume is this many times the source's (or 1/this) is flagged as grown (shrunk)
+    volume_change_flag: float = 2.0
+    #: source and adapted "disagree" below this mean foreground Dice between their predictions
+    disagreement_dice: float = 0.5
+    #: the adapted prediction is "unstable" below this flip agreement
+    flip_agreement_min: float = 0.8
+    #: the source is "clearly more consistent" when its flip agreement exceeds the adapted one's by more than this
+    flip_margin: float = 0.1
+
+
+#: the thresholds `nnunet-sfda report` uses
+THRESHOLDS = Thresholds()
 
 Range = tuple[float, float]
 
@@ -148,7 +157,7 @@ def _range_text(r: Range) -> str:
     return f"{r[0]:.3g}–{r[1]:.3g} mL" if math.isfinite(r[1]) else f"≥ {r[0]:.3g} mL"
 
 
-def _volume_flags(name: str, c: ClassMeasures) -> list[str]:
+def _volume_flags(name: str, c: ClassMeasures, t: Thresholds) -> list[str]:
     if c.source_ml == 0 or c.adapted_ml == 0:
         if c.source_ml == c.adapted_ml:
             return [f"empty prediction for {name} (source and adapted)"]
@@ -156,8 +165,8 @@ def _volume_flags(name: str, c: ClassMeasures) -> list[str]:
             ("source", "adapted", c.adapted_ml)
         return [f"empty prediction for {name} ({empty}; {other} {volume:.3g} mL)"]
     factor = c.adapted_ml / c.source_ml
-    change = (f"grew {factor:.1f}×" if factor >= VOLUME_CHANGE_FLAG else
-              f"shrank to {factor:.2f}×" if factor <= 1 / VOLUME_CHANGE_FLAG else None)
+    change = (f"grew {factor:.1f}×" if factor >= t.volume_change_flag else
+              f"shrank to {factor:.2f}×" if factor <= 1 / t.volume_change_flag else None)
     flags = []
     if c.outside_range("adapted"):
         where = "left" if not c.outside_range("source") else "is outside (as the source was)"
@@ -171,38 +180,38 @@ def _volume_flags(name: str, c: ClassMeasures) -> list[str]:
     return flags
 
 
-def case_flags(m: CaseMeasures) -> list[str]:
+def case_flags(m: CaseMeasures, t: Thresholds = THRESHOLDS) -> list[str]:
     """What is unusual about a case, in words (empty: nothing)."""
-    flags = [flag for name, c in m.classes.items() for flag in _volume_flags(name, c)]
-    if m.agreement_dice < DISAGREEMENT_DICE:
+    flags = [flag for name, c in m.classes.items() for flag in _volume_flags(name, c, t)]
+    if m.agreement_dice < t.disagreement_dice:
         flags.append(f"source and adapted disagree (Dice {m.agreement_dice:.2f})")
-    if m.flip_agreement_adapted < FLIP_AGREEMENT_MIN:
+    if m.flip_agreement_adapted < t.flip_agreement_min:
         flags.append(f"adapted unstable under a flip (agreement {m.flip_agreement_adapted:.2f})")
-    if m.flip_agreement_source - m.flip_agreement_adapted > FLIP_MARGIN:
+    if m.flip_agreement_source - m.flip_agreement_adapted > t.flip_margin:
         flags.append(f"source more consistent under a flip ({m.flip_agreement_source:.2f} vs "
                      f"{m.flip_agreement_adapted:.2f})")
     return flags
 
 
-def recommend(m: CaseMeasures) -> Recommendation:
+def recommend(m: CaseMeasures, t: Thresholds = THRESHOLDS) -> Recommendation:
     """Which prediction to use for this case, by the first rule that applies (see docs/report.md):
 
     1. the adapted prediction is implausible for some class (outside its plausible range; without a range: empty
        where the source finds the class) → ``source`` if the source is plausible for every class, else ``review``;
-    2. the source is clearly more consistent under a flip (by more than :data:`FLIP_MARGIN`) and plausible →
+    2. the source is clearly more consistent under a flip (by more than ``t.flip_margin``) and plausible →
        ``source``;
-    3. the adapted prediction is unstable under a flip (below :data:`FLIP_AGREEMENT_MIN`) → ``review``;
-    4. source and adapted disagree (below :data:`DISAGREEMENT_DICE`) while the source is plausible → ``review``
+    3. the adapted prediction is unstable under a flip (below ``t.flip_agreement_min``) → ``review``;
+    4. source and adapted disagree (below ``t.disagreement_dice``) while the source is plausible → ``review``
        (with an implausible source, disagreeing with it is what adaptation is for);
     5. otherwise → ``adapted``.
     """
     source_plausible = not m.implausible("source")
     if m.implausible("adapted"):
         return "source" if source_plausible else "review"
-    if m.flip_agreement_source - m.flip_agreement_adapted > FLIP_MARGIN and source_plausible:
+    if m.flip_agreement_source - m.flip_agreement_adapted > t.flip_margin and source_plausible:
         return "source"
-    if m.flip_agreement_adapted < FLIP_AGREEMENT_MIN:
+    if m.flip_agreement_adapted < t.flip_agreement_min:
         return "review"
-    if m.agreement_dice < DISAGREEMENT_DICE and source_plausible:
+    if m.agreement_dice < t.disagreement_dice and source_plausible:
         return "review"
     return "adapted"

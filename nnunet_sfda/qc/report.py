@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +23,7 @@ from nnunet_sfda.prepared import (
     require_env,
 )
 from nnunet_sfda.priors import PRIOR_FILE_NAME, ClassRatioPrior, check_prior_labels, load_prior
-from nnunet_sfda.qc import case_checks
-from nnunet_sfda.qc.case_checks import case_flags, measure_case, plausible_range_ml, recommend
+from nnunet_sfda.qc.case_checks import THRESHOLDS, case_flags, measure_case, plausible_range_ml, recommend
 from nnunet_sfda.qc.predict import (CaseFiles, ModelPredictor, channel_files, field_of_view_ml, image_reader, read_image,
                                     read_labels, voxel_ml)
 from nnunet_sfda.qc.report_file import ClassRow, CaseRow, QCReport
@@ -58,11 +57,6 @@ def _prior_for(run_folder: Path, preprocessed: Path) -> tuple[ClassRatioPrior | 
             return load_prior(used.file), Path(used.file)
     installed = preprocessed / PRIOR_FILE_NAME
     return (load_prior(installed), installed) if installed.is_file() else (None, None)
-
-
-def _thresholds() -> dict[str, float]:
-    return {name.lower(): float(getattr(case_checks, name)) for name in
-            ("VOLUME_CHANGE_FLAG", "DISAGREEMENT_DICE", "FLIP_AGREEMENT_MIN", "FLIP_MARGIN")}
 
 
 def make_report(dataset: str, configuration: str, trainer: str, plans: str | None = None,
@@ -159,7 +153,7 @@ def make_report(dataset: str, configuration: str, trainer: str, plans: str | Non
                       source_checkpoint=str(source.checkpoint), adapted_checkpoint=str(adapted_checkpoint),
                       images=str(images_folder), labels=None if labels_folder is None else str(labels_folder),
                       prior=None if prior_file is None else str(prior_file), device=device,
-                      thresholds=_thresholds(), cases=rows)
+                      thresholds=asdict(THRESHOLDS), cases=rows)
     shown = [slices[case] for case in figure_cases(report)]
     with staged_output_folder(output_folder, overwrite, forbidden) as staging:
         write_report(staging, report, shown)
