@@ -178,7 +178,7 @@ def test_cli_refuses_to_overwrite_a_foreign_folder_in_one_line(tmp_path):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"preset": "huge"}, "unknown preset 'huge'; known: micro, quick, full"),
+    ({"preset": "huge"}, "unknown preset 'huge'; known: micro, quick, quick3d, full"),
     ({"shifts": "default,earthquake"}, "earthquake"),
     ({"methods": "magic"}, "unknown method magic"),
 ])

@@ -40,6 +40,8 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
            note="smoke test only: numbers mean nothing"),
     Preset("quick", 10, 10, 6, "2d", 3, 50, 12, 25, 5,
            note="the demo's size; 16.5 min measured on an idle 2-core CPU"),
+    Preset("quick3d", 10, 10, 6, "3d_fullres", 3, 50, 12, 25, 5,
+           note="the quick data in 3d_fullres: every method, and the DG-TTA peer, adapts one 3d source model"),
     Preset("full", 20, 16, 8, "2d", 10, 100, 12, 25, 5,
            phantom={"shape": (24, 128, 128), "spacing": (3.0, 0.75, 0.75)},
            note="for one GPU: every shift within one 8-minute command per shift"),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import textwrap
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -163,7 +164,7 @@ def draw_figure(report: QCReport, slices: Sequence[CaseSlices]):
     rows = {c.case: c for c in report.cases}
     columns = ["image", "source", "adapted"] + (["labels"] if any(s.labels is not None for s in slices) else [])
     with plt.style.context("default"):
-        fig, axes = plt.subplots(len(slices), len(columns), figsize=(3 * len(columns), 3.2 * len(slices)),
+        fig, axes = plt.subplots(len(slices), len(columns), figsize=(3 * len(columns), 3.6 * len(slices)),
                                  squeeze=False)
         for row_axes, s in zip(axes, slices):
             case = rows[s.case]
@@ -175,9 +176,12 @@ def draw_figure(report: QCReport, slices: Sequence[CaseSlices]):
                               interpolation="nearest")
                 ax.set_axis_off()
                 ax.set_title(f"{s.case} z={s.index}" if column == "image" else column, fontsize=9)
-            row_axes[0].text(0, -0.08, f"→ {case.recommendation}: {case.flags[0] if case.flags else 'no flags'}",
-                             transform=row_axes[0].transAxes, fontsize=8, va="top")
-        fig.tight_layout()
+            # wrapped to the panel's width and left out of the layout: a long flag must not squeeze the panels
+            caption = textwrap.fill(f"→ {case.recommendation}: {case.flags[0] if case.flags else 'no flags'}",
+                                    width=48)
+            row_axes[0].text(0, -0.03, caption, transform=row_axes[0].transAxes, fontsize=8,
+                             va="top").set_in_layout(False)
+        fig.tight_layout(h_pad=3.0)  # room for the captions under each row
     return fig
 
 
