@@ -8,7 +8,7 @@ many cases fell by more than 0.05 Dice through adaptation and how many of those 
 lowest false-flag rate at >= 80% recall over the given reports: pass the development seed's reports only.
 
     python scripts/evaluate_report.py reports/s0_* --tune
-    python scripts/evaluate_report.py reports/s1_* reports/s2_* --thresholds 0.5,0.8,0.1
+    python scripts/evaluate_report.py reports/s1_* reports/s2_* --thresholds 0.5,0.8,0.1,0
 """
 from __future__ import annotations
 
@@ -24,17 +24,18 @@ from nnunet_sfda.qc.report_file import REPORT_FILE_NAME, ReportFileError, load_r
 
 def _thresholds(text: str) -> Thresholds:
     try:
-        disagreement, flip_min, flip_margin = (float(v) for v in text.split(","))
+        disagreement, flip_min, flip_margin, range_progress = (float(v) for v in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--thresholds {text!r}: expected DISAGREEMENT,FLIP_MIN,FLIP_MARGIN, "
-                                         "e.g. 0.5,0.8,0.1") from None
-    return Thresholds(disagreement_dice=disagreement, flip_agreement_min=flip_min, flip_margin=flip_margin)
+        raise argparse.ArgumentTypeError(f"--thresholds {text!r}: expected DISAGREEMENT,FLIP_MIN,FLIP_MARGIN,"
+                                         "RANGE_PROGRESS, e.g. 0.5,0.8,0.1,0") from None
+    return Thresholds(disagreement_dice=disagreement, flip_agreement_min=flip_min, flip_margin=flip_margin,
+                      range_progress=range_progress)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("reports", nargs="+", type=Path, help="report folders (sfda_report.json with Dice)")
-    parser.add_argument("--thresholds", type=_thresholds, help="DISAGREEMENT,FLIP_MIN,FLIP_MARGIN to replay")
+    parser.add_argument("--thresholds", type=_thresholds, help="DISAGREEMENT,FLIP_MIN,FLIP_MARGIN,RANGE_PROGRESS to replay")
     parser.add_argument("--tune", action="store_true", help="choose the thresholds on these reports")
     parser.add_argument("--json", type=Path, help="also write the numbers to this file")
     args = parser.parse_args(argv)

@@ -10,6 +10,7 @@ from nnunet_sfda.metrics import dice
 from nnunet_sfda.priors import constant_prior
 from nnunet_sfda.qc.case_checks import (
     THRESHOLDS,
+    Thresholds,
     case_flags,
     measure_case,
     plausible_range_ml,
@@ -89,10 +90,15 @@ def test_growth_out_of_the_plausible_range_is_named_and_prefers_the_source():
     assert any(f.startswith("organ grew 9.0× and left the plausible range (225 mL; 10–60 mL)") for f in case_flags(m))
 
 
-def test_both_models_implausible_asks_for_review():
-    m = measures(box(5, 10), box(2, 17), plausible={"organ": (100.0, 150.0)})
-    assert recommend(m) == "review"
-    assert any("is outside (as the source was)" in f for f in case_flags(m))
+def test_both_models_implausible_asks_for_review_unless_adaptation_came_nearer_the_range():
+    # 25 -> 225 mL against 100-150 mL: the adapted volume is nearer the range (log distance 0.41 vs 1.39)
+    nearer = measures(box(5, 10), box(2, 17), plausible={"organ": (100.0, 150.0)})
+    assert any("is outside (as the source was)" in f for f in case_flags(nearer))
+    assert recommend(nearer) == "adapted"
+    assert recommend(nearer, Thresholds(range_progress=0.0)) == "review"  # the rule before the development seed
+    assert recommend(nearer, Thresholds(range_progress=0.2)) == "review"  # not near enough for a stricter one
+    overshoot = measures(box(5, 10), box(0, 20), plausible={"organ": (2.0, 10.0)})  # 25 -> 400 mL against 2-10 mL
+    assert recommend(overshoot) == "review"
 
 
 def test_disagreement_with_a_plausible_source_asks_for_review_but_not_with_an_implausible_one():

@@ -14,11 +14,11 @@ from nnunet_sfda.qc.report_file import CaseRow, ClassRow, QCReport
 
 
 def row(case: str, dice_source: float | None, dice_adapted: float | None, flip_adapted: float = 0.95,
-        agreement: float = 0.9, recommendation: str = "adapted") -> CaseRow:
+        agreement: float = 0.9, recommendation: str = "adapted", flip_source: float = 0.8) -> CaseRow:
     organ = ClassRow(source_ml=2.0, adapted_ml=2.2, plausible_ml=(1.0, 5.0), agreement_dice=agreement,
                      dice_source=dice_source, dice_adapted=dice_adapted)
     return CaseRow(case=case, recommendation=recommendation, flags=[], agreement_dice=agreement,
-                   flip_agreement_source=0.8, flip_agreement_adapted=flip_adapted, classes={"organ": organ})
+                   flip_agreement_source=flip_source, flip_agreement_adapted=flip_adapted, classes={"organ": organ})
 
 
 def test_counts_follow_the_goal_definitions():
@@ -38,11 +38,11 @@ def test_counts_follow_the_goal_definitions():
 
 
 def test_replaying_the_rule_reproduces_the_recorded_recommendation_and_honours_other_thresholds():
-    unstable = row("a", 0.8, 0.6, flip_adapted=0.75)
+    unstable = row("a", 0.8, 0.6, flip_adapted=0.55, flip_source=0.6)
     measures = measures_from_row(unstable)
-    assert recommend(measures) == "review"  # below the default flip_agreement_min of 0.8
-    assert recommend(measures, Thresholds(flip_agreement_min=0.7)) == "adapted"
-    assert count_recommendations([unstable], Thresholds(flip_agreement_min=0.7)).flagged == 0
+    assert recommend(measures) == "review"  # below the default flip_agreement_min of 0.6
+    assert recommend(measures, Thresholds(flip_agreement_min=0.5)) == "adapted"
+    assert count_recommendations([unstable], Thresholds(flip_agreement_min=0.5)).flagged == 0
     assert count_recommendations([unstable], THRESHOLDS).flagged == 1
 
 
@@ -52,11 +52,14 @@ def test_a_report_without_labels_cannot_be_counted():
 
 
 def test_best_thresholds_prefers_few_false_flags_at_the_recall_goal():
-    rows = [row("fell", 0.8, 0.5, flip_adapted=0.72), row("rose", 0.6, 0.8, flip_adapted=0.85)]
+    rows = [row("fell", 0.8, 0.5, flip_adapted=0.72), row("rose", 0.6, 0.8, flip_adapted=0.85)]  # source 0.8
     report = QCReport(dataset="D", configuration="2d", trainer="T", plans="P", source_checkpoint="s",
                       adapted_checkpoint="a", images="i", labels="l", prior=None, device="cpu", thresholds={},
                       cases=rows)
     grid = [Thresholds(flip_agreement_min=0.9), Thresholds(flip_agreement_min=0.8), Thresholds(flip_agreement_min=0.6)]
     chosen, counts = best_thresholds([report], grid)
-    # 0.9 flags both (false-flag rate 50%), 0.6 flags neither (recall 0); 0.8 flags only the case that fell
+    # 0.9 flags both (one false flag), 0.6 flags neither (recall 0); 0.8 flags only the case that fell
     assert chosen == grid[1] and counts.recall == 1.0 and counts.false_flag_rate == 0.0
+    # among settings alike on the counts, the one nearer the defaults wins
+    alike = [Thresholds(flip_agreement_min=0.8, disagreement_dice=0.3), Thresholds(flip_agreement_min=0.8)]
+    assert best_thresholds([report], alike)[0] == alike[1]

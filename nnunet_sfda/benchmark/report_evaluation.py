@@ -84,22 +84,27 @@ def count_recommendations(rows: Iterable[CaseRow], thresholds: Thresholds = THRE
 
 def threshold_grid() -> list[Thresholds]:
     """The settings tried on the development seed (volume_change_flag enters only the flags, not the rule)."""
-    return [Thresholds(disagreement_dice=d, flip_agreement_min=f, flip_margin=m)
-            for d in (0.3, 0.4, 0.5, 0.6, 0.7, 0.8) for f in (0.6, 0.7, 0.8, 0.85, 0.9) for m in (0.02, 0.05, 0.1, 0.2)]
+    return [Thresholds(disagreement_dice=d, flip_agreement_min=f, flip_margin=m, range_progress=r)
+            for r in (0.0, 1.0) for d in (0.3, 0.4, 0.5, 0.6, 0.7, 0.8) for f in (0.6, 0.7, 0.8, 0.85, 0.9)
+            for m in (0.02, 0.05, 0.1, 0.2)]
 
 
 def best_thresholds(reports: Sequence[QCReport], grid: Sequence[Thresholds] | None = None,
                     recall_goal: float = 0.8) -> tuple[Thresholds, RecommendationCounts]:
-    """The grid setting with the lowest false-flag rate among those reaching ``recall_goal`` (else the highest
-    recall); ties go to the setting listed first. Meant for the development seed only."""
+    """The grid setting that reaches ``recall_goal`` with the fewest false flags (a count: a rate could be lowered by
+    flagging more cases that fell a little), then the fewest flags, then the fewest changes from :data:`THRESHOLDS`;
+    if none reaches the goal, the highest recall. Meant for the development seed only."""
     rows = [row for report in reports for row in report.cases]
     scored = [(t, count_recommendations(rows, t)) for t in (grid or threshold_grid())]
+    defaults = asdict(THRESHOLDS)
 
-    def key(item: tuple[Thresholds, RecommendationCounts]) -> tuple[float, float]:
-        counts = item[1]
+    def key(item: tuple[Thresholds, RecommendationCounts]) -> tuple[float, ...]:
+        thresholds, counts = item
+        changes = sum(value != defaults[name] for name, value in asdict(thresholds).items())
         recall = counts.recall if counts.recall is not None else 1.0
-        false_flags = counts.false_flag_rate if counts.false_flag_rate is not None else 0.0
-        return (0.0, false_flags) if recall >= recall_goal else (1.0, -recall)
+        if recall >= recall_goal:
+            return (0.0, counts.flagged_not_fallen, counts.flagged, changes)
+        return (1.0, -recall, counts.flagged_not_fallen, changes)
 
     return min(scored, key=key)
 

@@ -37,10 +37,15 @@ class Thresholds:
     volume_change_flag: float = 2.0
     #: source and adapted "disagree" below this mean foreground Dice between their predictions
     disagreement_dice: float = 0.5
-    #: the adapted prediction is "unstable" below this flip agreement
-    flip_agreement_min: float = 0.8
+    #: the adapted prediction is "unstable" below this flip agreement (0.8 until the development seed's reports
+    #: showed small structures of good predictions at 0.7-0.75)
+    flip_agreement_min: float = 0.6
     #: the source is "clearly more consistent" when its flip agreement exceeds the adapted one's by more than this
     flip_margin: float = 0.1
+    #: where source and adapted are both outside a class's range, an adapted volume whose distance to the range (in
+    #: log volume) is below this fraction of the source's counts as progress, not as a reason to stop at rule 1
+    #: (0: never; 1 chosen on the development seed's reports, where "both outside" was most false flags)
+    range_progress: float = 1.0
 
 
 #: the thresholds `nnunet-sfda report` uses
@@ -97,6 +102,17 @@ class ClassMeasures:
             return False
         volume = self.source_ml if model == "source" else self.adapted_ml
         return not self.plausible_ml[0] <= volume <= self.plausible_ml[1]
+
+    def range_distance(self, model: Literal["source", "adapted"]) -> float:
+        """How far outside the plausible range the volume lies, as |log(volume / nearest bound)| (0 inside or
+        without a range; infinite for an empty prediction outside it)."""
+        if not self.outside_range(model):
+            return 0.0
+        volume = self.source_ml if model == "source" else self.adapted_ml
+        low, high = self.plausible_ml
+        if volume <= 0:
+            return math.inf
+        return math.log(low / volume) if volume < low else math.log(volume / high)
 
     def implausible(self, model: Literal["source", "adapted"]) -> bool:
         """Outside the plausible range where one is known; else empty while the other model finds the class."""
@@ -198,6 +214,8 @@ def recommend(m: CaseMeasures, t: Thresholds = THRESHOLDS) -> Recommendation:
 
     1. the adapted prediction is implausible for some class (outside its plausible range; without a range: empty
        where the source finds the class) → ``source`` if the source is plausible for every class, else ``review``;
+       a class where both lie outside the range and the adapted volume came nearer it (distance below
+       ``t.range_progress`` × the source's) does not count here;
     2. the source is clearly more consistent under a flip (by more than ``t.flip_margin``) and plausible →
        ``source``;
     3. the adapted prediction is unstable under a flip (below ``t.flip_agreement_min``) → ``review``;
@@ -206,7 +224,10 @@ def recommend(m: CaseMeasures, t: Thresholds = THRESHOLDS) -> Recommendation:
     5. otherwise → ``adapted``.
     """
     source_plausible = not m.implausible("source")
-    if m.implausible("adapted"):
+    stuck = [name for name in m.implausible("adapted")
+             if not (m.classes[name].outside_range("source") and m.classes[name].range_distance("adapted")
+                     < t.range_progress * m.classes[name].range_distance("source"))]
+    if stuck:
         return "source" if source_plausible else "review"
     if m.flip_agreement_source - m.flip_agreement_adapted > t.flip_margin and source_plausible:
         return "source"
