@@ -3,9 +3,10 @@
 
 Each REPORT folder holds an ``sfda_report.json`` written with ``--labels``. Prints, per report and in total, how
 many cases fell by more than 0.05 Dice through adaptation and how many of those were recommended ``source`` or
-``review`` (recall), and how many flagged cases did not fall (false-flag rate), with the thresholds the report used
-(``--thresholds`` replays the rule with others on the recorded measures). ``--tune`` picks the thresholds with the
-lowest false-flag rate at >= 80% recall over the given reports: pass the development seed's reports only.
+``review`` (recall), and how many flagged cases did not fall (false-flag rate). The rule is replayed on the
+recorded label-free measures with this version's thresholds, or with ``--thresholds``. ``--tune`` picks the
+thresholds with the fewest false flags at >= 80% recall over the given reports (see
+``report_evaluation.best_thresholds``): pass the development seed's reports only.
 
     python scripts/evaluate_report.py reports/s0_* --tune
     python scripts/evaluate_report.py reports/s1_* reports/s2_* --thresholds 0.5,0.8,0.1,0
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from nnunet_sfda.benchmark.report_evaluation import best_thresholds, count_recommendations
 from nnunet_sfda.files import atomic_write_json
-from nnunet_sfda.qc.case_checks import Thresholds
+from nnunet_sfda.qc.case_checks import THRESHOLDS, Thresholds
 from nnunet_sfda.qc.report_file import REPORT_FILE_NAME, ReportFileError, load_report
 
 
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         reports = {folder.name: load_report(folder / REPORT_FILE_NAME) for folder in args.reports}
     except (OSError, ReportFileError) as err:
         parser.exit(2, f"error: {err}\n")
-    thresholds = args.thresholds or Thresholds(**next(iter(reports.values())).thresholds)
+    thresholds = args.thresholds or THRESHOLDS
     out: dict = {"thresholds": asdict(thresholds), "reports": {}}
     try:
         total = None
