@@ -104,7 +104,8 @@ def _benchmark(args: argparse.Namespace) -> None:
     from nnunet_sfda.benchmark.runner import result_summary, run_benchmark
 
     results = run_benchmark(args.o, preset=args.preset, methods=args.methods, shifts=args.shifts, device=args.device,
-                            resume=args.resume, overwrite=args.overwrite, seed=args.seed)
+                            resume=args.resume, overwrite=args.overwrite, seed=args.seed, peers=args.peers,
+                            dgtta_python=args.dgtta_python)
     print(result_summary(results))
 
 
@@ -211,10 +212,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p.add_argument("--preset", default="quick", choices=list(PRESETS),
                    help="; ".join(f"{preset.name}: {preset.note}" for preset in PRESETS.values()))
-    from nnunet_sfda.benchmark.methods import METHODS
+    from nnunet_sfda.benchmark.methods import METHODS, PEERS
 
-    p.add_argument("--methods", default=None, help=f"comma-separated subset (default: all): {', '.join(METHODS)}")
+    ours = ", ".join(m for m in METHODS if m not in PEERS)
+    p.add_argument("--methods", default=None, help=f"comma-separated subset (default: all): {ours}")
     p.add_argument("--shifts", default=None, help="default, all, or comma-separated shift families")
+    p.add_argument("--peers", default=None, help=f"other projects' methods to add: {', '.join(PEERS)} (3d presets)")
+    p.add_argument("--dgtta-python", default=".venv-dgtta/bin/python", metavar="PYTHON",
+                   help="the Python of DG-TTA's environment (made by scripts/setup_dgtta.sh)")
     p.add_argument("-device", default="cpu", help="cpu or cuda")
     p.add_argument("--seed", type=int, default=0, help="seed of the data and of every training run")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in -o")

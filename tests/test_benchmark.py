@@ -10,7 +10,8 @@ import pytest
 
 from nnunet_sfda.benchmark.commands import console_script, nnunet_env
 from nnunet_sfda.benchmark.demo import run_demo
-from nnunet_sfda.benchmark.methods import METHODS, parse_methods
+from nnunet_sfda.benchmark.methods import METHODS, PEERS, parse_methods
+from nnunet_sfda.benchmark.presets import preset_named
 from nnunet_sfda.benchmark.result_files import (
     DEMO_RESULTS_FILE_NAME,
     BenchmarkArguments,
@@ -20,15 +21,32 @@ from nnunet_sfda.benchmark.result_files import (
     read_result_file,
     write_result_file,
 )
-from nnunet_sfda.benchmark.runner import gap_closures, run_benchmark
+from nnunet_sfda.benchmark.runner import Benchmark, BenchmarkConfig, gap_closures, run_benchmark
 from nnunet_sfda.output_folder import MARKER_FILE_NAME, claim_output_folder
 
 
 def test_parse_methods_keeps_canonical_order_and_names_unknown_ones():
-    assert parse_methods(None) == list(METHODS)
+    assert parse_methods(None) == parse_methods("all") == [m for m in METHODS if m not in PEERS]
     assert parse_methods("oracle, adami,source_only") == ["source_only", "adami", "oracle"]
     with pytest.raises(ValueError, match="unknown method adami_v2; known: source_only, entropy_only, tent"):
         parse_methods("adami,adami_v2")
+    # a peer runs only when asked for, in the canonical order (before the oracle)
+    assert parse_methods("oracle,adami", peers="dgtta") == ["adami", "dgtta", "oracle"]
+    with pytest.raises(ValueError, match=r"unknown method dgtta; .*\(peers go in --peers: dgtta\)"):
+        parse_methods("dgtta")
+    with pytest.raises(ValueError, match="unknown peer tent; known: dgtta"):
+        parse_methods(None, peers="tent")
+
+
+def test_the_dgtta_peer_needs_a_3d_preset_and_its_environment(tmp_path):
+    with pytest.raises(ValueError, match="--peers dgtta needs a 3d preset .* pass --preset quick3d, not quick"):
+        run_benchmark(tmp_path / "bench", preset="quick", peers="dgtta")
+    assert not (tmp_path / "bench").exists()  # refused before the output folder is made
+    bench = Benchmark(BenchmarkConfig(tmp_path / "b3", preset_named("quick3d"), ["default"], ["dgtta"],
+                                      dgtta_python=tmp_path / "missing" / "python"))
+    with pytest.raises(RuntimeError, match="no DG-TTA environment at .*missing/python: run `bash "
+                                           "scripts/setup_dgtta.sh` or pass --dgtta-python"):
+        bench._run_dgtta("default", "Dataset701_BenchSource", tmp_path / "data", tmp_path / "run")
 
 
 def test_gap_closure():

@@ -17,6 +17,8 @@ class Method:
     prior: Literal["estimate", "true_size", "none"] = "estimate"
     #: the prior mode this method's trainer fixes; ``adami`` (the default mode) is not rerun when it picks the same
     prior_mode: Literal["per_sample", "batch_marginal"] | None = None
+    #: another project's package, run in its own environment (``--peers``); never part of "all"
+    peer: bool = False
 
 
 METHODS: dict[str, Method] = {m.name: m for m in (
@@ -37,20 +39,27 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            "confident pseudo-labels of the frozen source model, CE + Dice + λ·KL"),
     Method("adami_self_training", "nnUNetTrainerSFDA_selfTrainAdaMI",
            "self-training from AdaMI's adapted weights (runs after adami)"),
+    Method("dgtta", None, "the DG-TTA package (peer, its own environment; 3d only)", prior="none", peer=True),
     Method("oracle", SOURCE_TRAINER, "supervised on the labelled target training cases (upper bound)", prior="none"),
 )}
+#: the peers ``--peers`` may add
+PEERS: tuple[str, ...] = tuple(m.name for m in METHODS.values() if m.peer)
 
 
-def parse_methods(text: str | None) -> list[str]:
-    """``"adami,oracle"`` → the methods in canonical order; None → all. Unknown names list the known ones."""
-    if text is None or text == "all":
-        return list(METHODS)
-    wanted = [m.strip() for m in text.split(",") if m.strip()]
-    unknown = [m for m in wanted if m not in METHODS]
+def parse_methods(text: str | None, peers: str | None = None) -> list[str]:
+    """``"adami,oracle"`` → the methods in canonical order; None → all of ours; ``peers`` (``"dgtta"``) adds peers.
+    Unknown names list the known ones."""
+    ours = [m for m in METHODS if not METHODS[m].peer]
+    wanted = ours if text is None or text == "all" else [m.strip() for m in text.split(",") if m.strip()]
+    unknown = [m for m in wanted if m not in ours]
     if unknown:
         raise ValueError(f"unknown method{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; known: "
-                         f"{', '.join(METHODS)}")
-    return [m for m in METHODS if m in wanted]
+                         f"{', '.join(ours)} (peers go in --peers: {', '.join(PEERS)})")
+    extra = [m.strip() for m in (peers or "").split(",") if m.strip()]
+    unknown = [m for m in extra if m not in PEERS]
+    if unknown:
+        raise ValueError(f"unknown peer {', '.join(unknown)}; known: {', '.join(PEERS)}")
+    return [m for m in METHODS if m in wanted or m in extra]
 
 
 def ordered_methods(names) -> list[str]:
@@ -59,4 +68,4 @@ def ordered_methods(names) -> list[str]:
     return [m for m in METHODS if m in names] + [m for m in names if m not in METHODS]
 
 
-__all__ = ["METHODS", "Method", "SOURCE_TRAINER", "ordered_methods", "parse_methods"]
+__all__ = ["METHODS", "Method", "PEERS", "SOURCE_TRAINER", "ordered_methods", "parse_methods"]

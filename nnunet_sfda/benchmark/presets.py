@@ -27,6 +27,14 @@ class Preset:
     phantom: Mapping[str, Any] = field(default_factory=dict)
     default_shifts: str = "default"
     note: str = ""
+    #: the DG-TTA peer's budget per test case: epochs, patch pairs per epoch, ensemble members (its own default
+    #: 12, 16, 3)
+    dgtta_budget: tuple[int, int, int] = (12, 16, 3)
+
+    @property
+    def dgtta_budget_text(self) -> str:
+        epochs, patches, ensemble = self.dgtta_budget
+        return f"{epochs} epochs × {patches} patch pairs, ensemble of {ensemble}"
 
     @property
     def spec(self) -> PhantomSpec:
@@ -41,7 +49,8 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
     Preset("quick", 10, 10, 6, "2d", 3, 50, 12, 25, 5,
            note="the demo's size; 16.5 min measured on an idle 2-core CPU"),
     Preset("quick3d", 10, 10, 6, "3d_fullres", 3, 50, 12, 25, 5,
-           note="the quick data in 3d_fullres: every method, and the DG-TTA peer, adapts one 3d source model"),
+           note="the quick data in 3d_fullres: every method, and the DG-TTA peer, adapts one 3d source model",
+           dgtta_budget=(4, 8, 1)),
     Preset("full", 20, 16, 8, "2d", 10, 100, 12, 25, 5,
            phantom={"shape": (24, 128, 128), "spacing": (3.0, 0.75, 0.75)},
            note="for one GPU: every shift within one 8-minute command per shift"),

@@ -87,6 +87,11 @@ class BenchmarkConfig:
     methods: list[str]
     device: str = "cpu"
     seed: int = 0
+    #: the Python of DG-TTA's own environment (``scripts/setup_dgtta.sh``), for the ``dgtta`` peer
+    dgtta_python: Path | None = None
+
+
+DGTTA_DRIVER = Path(__file__).with_name("dgtta_driver.py")
 
 
 def _versions() -> dict[str, str]:
@@ -208,6 +213,8 @@ class Benchmark:
         seconds = 0.0
         if method.name == "source_only":
             pred = self._predict(shift, method.name, source, SOURCE_TRAINER, data, run_dir)
+        elif method.peer:
+            pred, seconds = self._run_dgtta(shift, source, data, run_dir)
         else:
             if method.name == "oracle":
                 env = {**self.train_env, **self._source_budget()}
@@ -231,13 +238,34 @@ class Benchmark:
         labels = read_json(self.out / "nnUNet_raw" / target / "dataset.json", "the target's dataset.json")["labels"]
         per_case = evaluate_folder(pred, data / "test" / "labels", labels)
         settings = run_dir / records.SETTINGS_FILE_NAME
-        record = MethodRecord(**summarize(per_case), seconds=round(seconds, 1), trainer=method.trainer,
+        trainer = f"dg-tta (peer, {self.p.dgtta_budget_text})" if method.peer else method.trainer
+        record = MethodRecord(**summarize(per_case), seconds=round(seconds, 1), trainer=trainer,
                               per_case_dice={m.case: m.dice for m in per_case},
                               prior_mode=records.load_run_settings(settings).prior_mode if settings.is_file() else None)
         write_result_file(record, done)
         self.progress.say(f"[{shift}] {method.name}: Dice {record.dice:.3f}" if record.dice is not None else
                           f"[{shift}] {method.name}: no Dice")
         return record.entry()
+
+    def _run_dgtta(self, shift: str, source: str, data: Path, run_dir: Path) -> tuple[Path, float]:
+        """The DG-TTA peer on the source model and the test cases (it adapts per scan), in its own environment."""
+        if self.p.configuration != "3d_fullres":
+            raise RuntimeError(f"DG-TTA is 3d only; preset {self.p.name!r} is {self.p.configuration} (use quick3d)")
+        python = self.cfg.dgtta_python
+        if python is None or not Path(python).is_file():
+            raise RuntimeError(f"no DG-TTA environment at {python}: run `bash scripts/setup_dgtta.sh` or pass "
+                               "--dgtta-python")
+        epochs, patches, ensemble = self.p.dgtta_budget
+        model = self.out / "nnUNet_results" / source / f"{SOURCE_TRAINER}__nnUNetPlans__{self.p.configuration}"
+        pred = run_dir / "predictions"
+        shutil.rmtree(pred, ignore_errors=True)
+        seconds = self.progress.run(
+            f"[{shift}] dgtta: adapting per test case ({self.p.dgtta_budget_text}) and predicting",
+            [str(python), str(DGTTA_DRIVER), str(model), str(data / "test" / "images"), str(pred),
+             "--device", self.cfg.device, "--epochs", str(epochs), "--patches-per-epoch", str(patches),
+             "--ensemble", str(ensemble), "--seed", str(self.cfg.seed), "--work", str(run_dir / "dgtta_work")],
+            f"{shift}_dgtta")
+        return pred, seconds
 
     def _run_shift(self, index: int, shift: str) -> ShiftResults:
         source, model = self._source(SHIFT_FAMILIES[shift].anatomy)
@@ -321,11 +349,15 @@ def gap_closures(dice: Mapping[str, float | None]) -> dict[str, float | None]:
 
 def run_benchmark(out: str | os.PathLike, preset: str = "quick", methods: str | None = None,
                   shifts: str | None = None, device: str = "cpu", resume: bool = False,
-                  overwrite: bool = False, seed: int = 0) -> dict:
-    """Run the benchmark into ``out`` (see the module docstring); returns the results dict."""
+                  overwrite: bool = False, seed: int = 0, peers: str | None = None,
+                  dgtta_python: str | os.PathLike | None = None) -> dict:
+    """Run the benchmark into ``out`` (see the module docstring); returns the results dict. ``peers``
+    (``"dgtta"``) adds other projects' methods, run in their own environments (``dgtta_python``)."""
     chosen = preset_named(preset)
     shift_names = resolve_family_names(shifts or chosen.default_shifts)
-    method_names = parse_methods(methods)
+    method_names = parse_methods(methods, peers)
+    if "dgtta" in method_names and chosen.configuration != "3d_fullres":
+        raise ValueError(f"--peers dgtta needs a 3d preset (DG-TTA is 3d only): pass --preset quick3d, not {preset}")
     out = Path(out).resolve()
     claim_output_folder(out, "benchmark", overwrite=overwrite, resume=resume,
                         legacy_file=BENCHMARK_ARGUMENTS_FILE_NAME)
@@ -335,7 +367,8 @@ def run_benchmark(out: str | os.PathLike, preset: str = "quick", methods: str | 
                                  "start the run again with --overwrite (or into another -o)")
         if saved.preset != preset:
             raise ValueError(f"{out} was run with preset {saved.preset!r}; resume it with --preset {saved.preset}")
-    return Benchmark(BenchmarkConfig(out, chosen, shift_names, method_names, device, seed)).run()
+    python = None if dgtta_python is None else Path(dgtta_python).absolute()
+    return Benchmark(BenchmarkConfig(out, chosen, shift_names, method_names, device, seed, python)).run()
 
 
 def result_summary(results: dict) -> str:
