@@ -58,7 +58,7 @@ def main() -> None:
         predictors.append(predictor)
 
     print(f"{args.cases} cases per family, seed {args.seed}; per model: Dice (predicted / true organ volume)")
-    families = resolve_families(args.families)
+    families = [f for f in resolve_families(args.families) if f.anatomy == "phantom"]  # the models are phantom ones
     for level in args.organ_levels:  # the default's contrast step with another organ level; its noise unchanged
         levels = {**DIM_ORGAN_LEVELS, "organ": level, "lesion": 0.9 * level}
         shifts = (("contrast", {**DEFAULT_SHIFT[0][1], "target_levels": levels}),) + DEFAULT_SHIFT[1:]
