@@ -9,6 +9,7 @@ import pytest
 from nnunet_sfda.benchmark.phantom import SHIFT_FAMILIES, PhantomSpec, case_rng, combine_families, make_case
 from nnunet_sfda.benchmark.phantom.brain import BrainSpec, TemplateNotInstalled, brain_case, template_folder
 from nnunet_sfda.benchmark.phantom.shifts import shift_gamma
+from nnunet_sfda.benchmark.runner import run_benchmark
 from nnunet_sfda.metrics import dice
 
 SPEC = BrainSpec()
@@ -63,11 +64,15 @@ def test_gamma_keeps_every_ordering_and_lifts_the_dark_tissue():
     assert tgt[1] / tgt[0] < src[1] / src[0] and tgt[2] / tgt[1] < src[2] / src[1]
 
 
-def test_without_nilearn_the_error_says_which_extra_to_install(monkeypatch):
+def test_without_nilearn_the_error_says_which_extra_to_install(monkeypatch, tmp_path):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "nilearn" else real(name, *a))
     with pytest.raises(TemplateNotInstalled, match=r"nnunet-sfda\[anatomy\]"):
         template_folder()
+    # the benchmark says so before it makes its folder, as one line (a RuntimeError, which the CLI prints)
+    with pytest.raises(RuntimeError, match=r"pip install 'nnunet-sfda\[anatomy\]'"):
+        run_benchmark(tmp_path / "bench", shifts="brain_scanner")
+    assert not (tmp_path / "bench").exists()
 
 
 def test_brain_and_phantom_families_cannot_be_combined():

@@ -49,7 +49,14 @@ from nnunet_sfda import records
 from nnunet_sfda.benchmark import figures, tables
 from nnunet_sfda.benchmark.commands import PREDICT_OPTIONS, StepRunner, nnunet_env
 from nnunet_sfda.benchmark.methods import METHODS, SOURCE_TRAINER, Method, parse_methods
-from nnunet_sfda.benchmark.phantom import SHIFT_FAMILIES, resolve_family_names, write_cases, write_dataset
+from nnunet_sfda.benchmark.phantom import (
+    SHIFT_FAMILIES,
+    ShiftFamily,
+    resolve_family_names,
+    write_cases,
+    write_dataset,
+)
+from nnunet_sfda.benchmark.phantom.brain import template_folder
 from nnunet_sfda.benchmark.presets import Preset, preset_named
 from nnunet_sfda.benchmark.result_files import (
     BENCHMARK_ARGUMENTS_FILE_NAME,
@@ -73,8 +80,7 @@ from nnunet_sfda.priors import PRIOR_FILE_NAME
 from nnunet_sfda.settings import settings_env
 from nnunet_sfda.target_prior import TRUE_SIZE_PRIOR_FILE_NAME
 
-SOURCE_ID = 701  # the phantom families' source; each other anatomy has its own (SOURCE_IDS)
-SOURCE_IDS = {"phantom": SOURCE_ID, "brain": 702}
+SOURCE_IDS = {"phantom": 701, "brain": 702}  # one labelled source domain per anatomy
 FIRST_TARGET_ID = 710
 GAP_MIN = 0.01  # gap_closure is null where oracle − source_only is smaller than this
 
@@ -131,21 +137,20 @@ class Benchmark:
         self.progress = StepRunner(self.out, base)
 
     # -- data --------------------------------------------------------------------------------------------------
-    def _source(self, anatomy: str) -> tuple[str, Path]:
-        """The labelled source domain and its trained model for the families made of ``anatomy``."""
-        source_id = SOURCE_IDS[anatomy]
-        name = f"Dataset{source_id}_BenchSource" + ("" if anatomy == "phantom" else anatomy.capitalize())
+    def _source(self, family: ShiftFamily) -> tuple[str, Path]:
+        """The labelled source domain and its trained model for the families made of ``family``'s anatomy."""
+        source_id = SOURCE_IDS[family.anatomy]
+        short = "BenchSource" + ("" if family.anatomy == "phantom" else family.anatomy.capitalize())
+        name = f"Dataset{source_id}_{short}"
         raw = self.out / "nnUNet_raw" / name
         cfg = self.p.configuration
         model = self.out / "nnUNet_results" / name / f"{SOURCE_TRAINER}__nnUNetPlans__{cfg}"
         if (model / "fold_all" / "checkpoint_final.pth").is_file():
             return name, model
-        spec = SHIFT_FAMILIES[next(s for s in self.cfg.shifts if SHIFT_FAMILIES[s].anatomy == anatomy)].case_spec(
-            self.p.spec)
         if not raw.is_dir():
-            write_dataset(self.out / "nnUNet_raw", source_id, name.split("_", 1)[1], self.p.num_source,
-                          seed=self.cfg.seed, spec=spec)
-        step = "source" if anatomy == "phantom" else f"source_{anatomy}"
+            write_dataset(self.out / "nnUNet_raw", source_id, short, self.p.num_source, seed=self.cfg.seed,
+                          spec=family.case_spec(self.p.spec))
+        step = "source" if family.anatomy == "phantom" else f"source_{family.anatomy}"
         self.progress.run(f"{step}: planning and preprocessing",
                           ["nnUNetv2_plan_and_preprocess", "-d", str(source_id), "-c", cfg, "-np", "2"],
                           f"{step}_plan")
@@ -248,9 +253,8 @@ class Benchmark:
         return record.entry()
 
     def _run_dgtta(self, shift: str, source: str, data: Path, run_dir: Path) -> tuple[Path, float]:
-        """The DG-TTA peer on the source model and the test cases (it adapts per scan), in its own environment."""
-        if self.p.configuration != "3d_fullres":
-            raise RuntimeError(f"DG-TTA is 3d only; preset {self.p.name!r} is {self.p.configuration} (use quick3d)")
+        """The DG-TTA peer on the source model and the test cases (it adapts per scan), in its own environment
+        (:func:`run_benchmark` has refused a 2d preset)."""
         python = self.cfg.dgtta_python
         if python is None or not Path(python).is_file():
             raise RuntimeError(f"no DG-TTA environment at {python}: run `bash scripts/setup_dgtta.sh` or pass "
@@ -268,7 +272,7 @@ class Benchmark:
         return pred, seconds
 
     def _run_shift(self, index: int, shift: str) -> ShiftResults:
-        source, model = self._source(SHIFT_FAMILIES[shift].anatomy)
+        source, model = self._source(SHIFT_FAMILIES[shift])
         target, data = self._target(index, shift, source, model)
         results: dict[str, MethodEntry | FailedMethod] = {}
         order = sorted(self.cfg.methods, key=lambda m: (m not in ("source_only", "adami"), list(METHODS).index(m)))
@@ -358,6 +362,8 @@ def run_benchmark(out: str | os.PathLike, preset: str = "quick", methods: str | 
     method_names = parse_methods(methods, peers)
     if "dgtta" in method_names and chosen.configuration != "3d_fullres":
         raise ValueError(f"--peers dgtta needs a 3d preset (DG-TTA is 3d only): pass --preset quick3d, not {preset}")
+    if any(SHIFT_FAMILIES[name].anatomy == "brain" for name in shift_names):
+        template_folder()  # without nilearn: its one-line error before the output folder is made
     out = Path(out).resolve()
     claim_output_folder(out, "benchmark", overwrite=overwrite, resume=resume,
                         legacy_file=BENCHMARK_ARGUMENTS_FILE_NAME)

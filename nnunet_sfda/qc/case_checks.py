@@ -114,6 +114,11 @@ class ClassMeasures:
             return math.inf
         return math.log(low / volume) if volume < low else math.log(volume / high)
 
+    def came_nearer_range(self, progress: float) -> bool:
+        """Both volumes outside the range, the adapted one's distance below ``progress`` × the source's."""
+        source = self.range_distance("source")
+        return self.outside_range("source") and self.range_distance("adapted") < progress * source
+
     def implausible(self, model: Literal["source", "adapted"]) -> bool:
         """Outside the plausible range where one is known; else empty while the other model finds the class."""
         if self.plausible_ml is not None:
@@ -224,10 +229,7 @@ def recommend(m: CaseMeasures, t: Thresholds = THRESHOLDS) -> Recommendation:
     5. otherwise → ``adapted``.
     """
     source_plausible = not m.implausible("source")
-    stuck = [name for name in m.implausible("adapted")
-             if not (m.classes[name].outside_range("source") and m.classes[name].range_distance("adapted")
-                     < t.range_progress * m.classes[name].range_distance("source"))]
-    if stuck:
+    if any(not m.classes[name].came_nearer_range(t.range_progress) for name in m.implausible("adapted")):
         return "source" if source_plausible else "review"
     if m.flip_agreement_source - m.flip_agreement_adapted > t.flip_margin and source_plausible:
         return "source"

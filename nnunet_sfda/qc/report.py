@@ -77,11 +77,11 @@ def make_report(dataset: str, configuration: str, trainer: str, plans: str | Non
     plans = plans or source.plans_identifier
     run_folder = adapted_model_folder(preprocessed.name, trainer, plans, configuration)
     adapted_checkpoint = run_folder / f"fold_{ADAPTED_FOLD}" / checkpoint
-    if not adapted_checkpoint.is_file() and checkpoint != DEFAULT_CHECKPOINT:
-        present = sorted(p.name for p in adapted_checkpoint.parent.glob("checkpoint_*.pth"))
-        raise FileNotFoundError(f"{adapted_checkpoint} not found (-chk {checkpoint}); that folder holds: "
-                                f"{', '.join(present) or 'no checkpoint'}")
     if not adapted_checkpoint.is_file():
+        if checkpoint != DEFAULT_CHECKPOINT:  # the run exists, another file was asked for
+            present = sorted(p.name for p in adapted_checkpoint.parent.glob("checkpoint_*.pth"))
+            raise FileNotFoundError(f"{adapted_checkpoint} not found (-chk {checkpoint}); that folder holds: "
+                                    f"{', '.join(present) or 'no checkpoint'}")
         raise FileNotFoundError(
             f"{adapted_checkpoint} not found: no adapted model in {run_folder}; adapt first with `nnUNetv2_train "
             f"{dataset} {configuration} all -tr {trainer}{'' if plans == 'nnUNetPlans' else ' -p ' + plans}`")

@@ -45,8 +45,8 @@ INTENSITY_SCALE = 4.0  # template T1 is 0..255; ×4 puts it on the phantoms' sca
 AIR_THRESHOLD = 1.0  # template units: the T1 average is 0 outside its brain mask
 
 
-class TemplateNotInstalled(ImportError):
-    """The brain family needs nilearn's template files."""
+class TemplateNotInstalled(RuntimeError):
+    """The brain family needs nilearn's template files (a RuntimeError: the CLI prints it as one line)."""
 
 
 def template_folder() -> Path:
@@ -63,12 +63,14 @@ def template_folder() -> Path:
 
 @lru_cache(maxsize=4)
 def _template(blur_mm: tuple[float, float, float]) -> dict[str, np.ndarray]:
-    """The template arrays (z, y, x) at 1 mm; the probability maps blurred by ``blur_mm`` (Gaussian sigma)."""
+    """The template arrays (z, y, x) at 1 mm, the probability maps blurred by ``blur_mm`` (Gaussian sigma), and
+    ``centre``: the brain's centre of mass in voxels (read once, not per case)."""
     folder = template_folder()
     arrays = {key: sitk.GetArrayFromImage(sitk.ReadImage(str(folder / name))).astype(np.float32)
               for key, name in TEMPLATE_FILES.items()}
     for key in ("gm", "wm"):
         arrays[key] = ndimage.gaussian_filter(arrays[key] / 255.0, blur_mm)
+    arrays["centre"] = np.array(ndimage.center_of_mass(arrays["gm"] + arrays["wm"]), dtype=np.float64)
     return arrays
 
 
@@ -145,9 +147,7 @@ def _sample_points(rng: np.random.Generator, spec: BrainSpec, brain_centre: np.n
 def brain_case(rng: np.random.Generator, spec: BrainSpec) -> tuple[np.ndarray, np.ndarray]:
     """One source-domain brain case: (float32 T1 image, uint8 labels 0/1 GM/2 WM), shaped ``spec.shape``."""
     template = _template(tuple(s / 2.355 for s in spec.spacing))  # blur FWHM = the case's voxel size
-    brain = template["gm"] + template["wm"]
-    centre = np.array(ndimage.center_of_mass(brain), dtype=np.float64)
-    points = _sample_points(rng, spec, centre)
+    points = _sample_points(rng, spec, template["centre"])
 
     def warp(volume: np.ndarray) -> np.ndarray:
         return ndimage.map_coordinates(volume, points, order=1, mode="constant", cval=0.0)
