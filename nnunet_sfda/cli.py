@@ -105,7 +105,7 @@ def _benchmark(args: argparse.Namespace) -> None:
 
     results = run_benchmark(args.o, preset=args.preset, methods=args.methods, shifts=args.shifts, device=args.device,
                             resume=args.resume, overwrite=args.overwrite, seed=args.seed, peers=args.peers,
-                            dgtta_python=args.dgtta_python)
+                            dgtta_python=args.dgtta_python, every_epoch=args.every_epoch)
     print(result_summary(results))
 
 
@@ -222,6 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the Python of DG-TTA's environment (made by scripts/setup_dgtta.sh)")
     p.add_argument("-device", default="cpu", help="cpu or cuda")
     p.add_argument("--seed", type=int, default=0, help="seed of the data and of every training run")
+    p.add_argument("--every-epoch", action="store_true",
+                   help="keep every candidate of each adaptation run's label-free choice and write their test Dice "
+                        "(runs/SHIFT/METHOD/candidate_dice.json, for scripts/evaluate_choice.py)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in -o")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an earlier benchmark run in -o (never a folder the benchmark did not make)")

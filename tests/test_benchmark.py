@@ -12,9 +12,12 @@ from nnunet_sfda.benchmark.commands import console_script, nnunet_env
 from nnunet_sfda.benchmark.demo import run_demo
 from nnunet_sfda.benchmark.methods import METHODS, PEERS, parse_methods
 from nnunet_sfda.benchmark.presets import preset_named
+from nnunet_sfda import records
 from nnunet_sfda.benchmark.result_files import (
+    CANDIDATE_DICE_FILE_NAME,
     DEMO_RESULTS_FILE_NAME,
     BenchmarkArguments,
+    CandidateDice,
     DemoResults,
     MethodRecord,
     ResultFileError,
@@ -215,7 +218,7 @@ def test_micro_benchmark_end_to_end(tmp_path):
     # gap closure is test_gap_closure's
     methods = ["source_only", "adami", "adami_batch_marginal"]
     cmd = [console_script("nnunet-sfda"), "benchmark", "--preset", "micro", "-o", str(out), "-device", "cpu",
-           "--methods", ",".join(methods)]
+           "--methods", ",".join(methods), "--every-epoch"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1500)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
@@ -237,6 +240,16 @@ def test_micro_benchmark_end_to_end(tmp_path):
     assert [r["method"] for r in rows] == [m for m in METHODS if m in methods]
     # held-out test cases never enter an nnU-Net folder, so no method can train on them
     assert not any("test_" in p.name for p in (out / "nnUNet_raw").rglob("*.nii.gz"))
+
+    # --every-epoch: the test Dice of each candidate of the choice; the chosen one's is the method's own Dice
+    run = out / "runs" / "default" / "adami"
+    candidates = read_result_file(CandidateDice, run / CANDIDATE_DICE_FILE_NAME, "candidate Dice", "rerun")
+    epochs = preset_named("micro").adapt_epochs
+    assert list(candidates.dice) == ["source", *map(str, range(epochs))]
+    assert candidates.dice["source"] == pytest.approx(results["methods"]["source_only"]["dice"], abs=1e-3)
+    chosen = records.load_history(run / records.HISTORY_FILE_NAME).choice.chosen
+    assert candidates.dice[str(chosen)] == pytest.approx(results["methods"]["adami"]["dice"], abs=1e-3)
+    assert not (out / "runs" / "default" / "source_only" / CANDIDATE_DICE_FILE_NAME).exists()
 
     # --resume finds everything done and reruns nothing
     again = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=600)

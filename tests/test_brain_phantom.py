@@ -9,6 +9,7 @@ import pytest
 from nnunet_sfda.benchmark.phantom import SHIFT_FAMILIES, PhantomSpec, case_rng, combine_families, make_case
 from nnunet_sfda.benchmark.phantom.brain import BrainSpec, TemplateNotInstalled, brain_case, template_folder
 from nnunet_sfda.benchmark.phantom.shifts import shift_gamma
+from nnunet_sfda.benchmark.methods import SOURCE_TRAINER
 from nnunet_sfda.benchmark.runner import run_benchmark
 from nnunet_sfda.metrics import dice
 
@@ -78,3 +79,14 @@ def test_without_nilearn_the_error_says_which_extra_to_install(monkeypatch, tmp_
 def test_brain_and_phantom_families_cannot_be_combined():
     with pytest.raises(ValueError, match="different anatomies"):
         combine_families("brain_scanner,noise")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("nilearn") is None, reason="needs the anatomy extra (nilearn)")
+def test_the_brain_family_trains_its_own_source_model(tmp_path):
+    results = run_benchmark(tmp_path / "bench", preset="micro", shifts="brain_scanner", methods="source_only")
+    entry = results["shifts"]["brain_scanner"]["methods"]["source_only"]
+    assert set(entry["dice_per_class"]) == {"grey_matter", "white_matter"}
+    source = tmp_path / "bench" / "nnUNet_results" / "Dataset702_BenchSourceBrain"
+    assert (source / f"{SOURCE_TRAINER}__nnUNetPlans__2d" / "fold_all" / "checkpoint_final.pth").is_file()
+    assert not (tmp_path / "bench" / "nnUNet_raw" / "Dataset701_BenchSource").exists()  # the phantom's source

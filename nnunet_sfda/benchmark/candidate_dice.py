@@ -47,10 +47,11 @@ def candidate_test_dice(fold_folder: Path, images: Path, labels_folder: Path, da
         image, properties = read_image(reader, files.images)
         truth, spacing = read_label_map(Path(labels_folder) / f"{files.case}{ending}")
         cases.append((files.case, image, properties, truth, spacing))
-    predictor = ModelPredictor(Path(fold_folder).parent, "all", SOURCE_CHECKPOINT, device)
+    predictor = ModelPredictor(Path(fold_folder).parent, "all", SOURCE_CHECKPOINT, device)  # holds the source
     out: dict[str, float | None] = {}
     for name, checkpoint in checkpoints.items():
-        predictor.use_checkpoint(checkpoint)
+        if checkpoint != predictor.checkpoint:
+            predictor.use_checkpoint(checkpoint)
         metrics = [case_metrics(predictor.segment(image, properties), truth, spacing, dataset_json["labels"], case,
                                 distances=False) for case, image, properties, truth, spacing in cases]
         out[name] = mean_foreground_dice(metrics)

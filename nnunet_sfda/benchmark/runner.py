@@ -47,6 +47,7 @@ import SimpleITK as sitk
 
 from nnunet_sfda import records
 from nnunet_sfda.benchmark import figures, tables
+from nnunet_sfda.benchmark.candidate_dice import candidate_test_dice
 from nnunet_sfda.benchmark.commands import PREDICT_OPTIONS, StepRunner, nnunet_env
 from nnunet_sfda.benchmark.methods import METHODS, SOURCE_TRAINER, Method, parse_methods
 from nnunet_sfda.benchmark.phantom import (
@@ -61,10 +62,12 @@ from nnunet_sfda.benchmark.presets import Preset, preset_named
 from nnunet_sfda.benchmark.result_files import (
     BENCHMARK_ARGUMENTS_FILE_NAME,
     BENCHMARK_RESULTS_FILE_NAME,
+    CANDIDATE_DICE_FILE_NAME,
     METHOD_FILE_NAME,
     BenchmarkArguments,
     BenchmarkResults,
     Budget,
+    CandidateDice,
     FailedMethod,
     MethodEntry,
     MethodRecord,
@@ -95,6 +98,9 @@ class BenchmarkConfig:
     seed: int = 0
     #: the Python of DG-TTA's own environment (``scripts/setup_dgtta.sh``), for the ``dgtta`` peer
     dgtta_python: Path | None = None
+    #: keep every candidate of each adaptation run's label-free choice and write their test Dice
+    #: (``runs/<shift>/<method>/candidate_dice.json``, read by ``scripts/evaluate_choice.py``)
+    every_epoch: bool = False
 
 
 DGTTA_DRIVER = Path(__file__).with_name("dgtta_driver.py")
@@ -229,7 +235,7 @@ class Benchmark:
                          if method.prior == "true_size" else None)
                 env = {**self.train_env, **settings_env(
                     seed=self.cfg.seed, num_epochs=self.p.adapt_epochs, iterations_per_epoch=self.p.adapt_iterations,
-                    val_iterations=self.p.val_iterations, prior=prior)}
+                    val_iterations=self.p.val_iterations, prior=prior, save_every_epoch=self.cfg.every_epoch or None)}
                 budget = f"{self.p.adapt_epochs} × {self.p.adapt_iterations}"
             folder = self.out / "nnUNet_results" / target / f"{method.trainer}__nnUNetPlans__{self.p.configuration}"
             shutil.rmtree(folder, ignore_errors=True)  # a half-finished run from an interrupted benchmark
@@ -240,6 +246,8 @@ class Benchmark:
                 if (folder / "fold_all" / record).is_file():
                     shutil.copy(folder / "fold_all" / record, run_dir / record)
             pred = self._predict(shift, method.name, target, method.trainer, data, run_dir)
+            if self.cfg.every_epoch and method.name != "oracle":
+                self._candidate_dice(shift, method.name, target, folder, data, run_dir)
         labels = read_json(self.out / "nnUNet_raw" / target / "dataset.json", "the target's dataset.json")["labels"]
         per_case = evaluate_folder(pred, data / "test" / "labels", labels)
         settings = run_dir / records.SETTINGS_FILE_NAME
@@ -251,6 +259,17 @@ class Benchmark:
         self.progress.say(f"[{shift}] {method.name}: Dice {record.dice:.3f}" if record.dice is not None else
                           f"[{shift}] {method.name}: no Dice")
         return record.entry()
+
+    def _candidate_dice(self, shift: str, method: str, target: str, folder: Path, data: Path, run_dir: Path) -> None:
+        """The test Dice of every candidate of the run's label-free choice (the source and each epoch)."""
+        self.progress.say(f"[{shift}] {method}: test Dice of every candidate of the label-free choice ...")
+        dice = candidate_test_dice(folder / "fold_all", data / "test" / "images", data / "test" / "labels",
+                                   read_json(self.out / "nnUNet_raw" / target / "dataset.json",
+                                             "the target's dataset.json"),
+                                   read_json(folder / "plans.json", "the run's plans.json"), self.cfg.device)
+        cases = sorted(p.name[: -len(".nii.gz")] for p in (data / "test" / "labels").glob("*.nii.gz"))
+        write_result_file(CandidateDice(run=f"{shift}/{method}", seed=self.cfg.seed, test_cases=cases, dice=dice),
+                          run_dir / CANDIDATE_DICE_FILE_NAME)
 
     def _run_dgtta(self, shift: str, source: str, data: Path, run_dir: Path) -> tuple[Path, float]:
         """The DG-TTA peer on the source model and the test cases (it adapts per scan), in its own environment
@@ -354,9 +373,10 @@ def gap_closures(dice: Mapping[str, float | None]) -> dict[str, float | None]:
 def run_benchmark(out: str | os.PathLike, preset: str = "quick", methods: str | None = None,
                   shifts: str | None = None, device: str = "cpu", resume: bool = False,
                   overwrite: bool = False, seed: int = 0, peers: str | None = None,
-                  dgtta_python: str | os.PathLike | None = None) -> dict:
+                  dgtta_python: str | os.PathLike | None = None, every_epoch: bool = False) -> dict:
     """Run the benchmark into ``out`` (see the module docstring); returns the results dict. ``peers``
-    (``"dgtta"``) adds other projects' methods, run in their own environments (``dgtta_python``)."""
+    (``"dgtta"``) adds other projects' methods, run in their own environments (``dgtta_python``); ``every_epoch``
+    also measures every candidate of each adaptation run's label-free choice on the test cases."""
     chosen = preset_named(preset)
     shift_names = resolve_family_names(shifts or chosen.default_shifts)
     method_names = parse_methods(methods, peers)
@@ -374,7 +394,8 @@ def run_benchmark(out: str | os.PathLike, preset: str = "quick", methods: str | 
         if saved.preset != preset:
             raise ValueError(f"{out} was run with preset {saved.preset!r}; resume it with --preset {saved.preset}")
     python = None if dgtta_python is None else Path(dgtta_python).absolute()
-    return Benchmark(BenchmarkConfig(out, chosen, shift_names, method_names, device, seed, python)).run()
+    return Benchmark(BenchmarkConfig(out, chosen, shift_names, method_names, device, seed, python,
+                                     every_epoch)).run()
 
 
 def result_summary(results: dict) -> str:
