@@ -2,15 +2,21 @@
 
 Every file the project writes goes through :func:`atomic_write_text` (or :func:`atomic_write_json`): a temporary
 file beside the destination, flushed and fsynced, then ``os.replace``'d over it, so a reader never sees a
-half-written file and an interrupted write leaves the old one intact.
+half-written file and an interrupted write leaves the old one intact. Every versioned file read back goes through
+:func:`validate_versioned` (after its own migration of older versions), so all of them say what is wrong the same way.
 """
 from __future__ import annotations
 
 import json
 import os
 import secrets
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO, Callable, TypeVar
+
+from pydantic import ValidationError
+
+Model = TypeVar("Model")
 
 
 class FileContentError(ValueError):
@@ -79,3 +85,33 @@ def validation_problems(error: Any, prefix: str = "", limit: int = 10) -> str:
         message = err["msg"].removeprefix("Value error, ")
         problems.append(f"{field}: {message}" if field else message)
     return "; ".join(problems)
+
+
+def validate_versioned(model: type[Model], content: Any, where: str, error: type[Exception], rerun: str = "",
+                       name: str | None = None) -> Model:
+    """``content`` (read from ``where``) as the pydantic ``model``, which declares its ``format_version`` (and, for most
+    files, its ``format``) as literal defaults; every problem raises ``error`` naming ``where`` and the field.
+
+    ``rerun`` says what to do about a file that is invalid or of another version (a newer one always says "update
+    nnunet-sfda"); ``name`` is what the file is called in messages (default: its ``format``). Migrating older
+    versions is the caller's, before this check.
+    """
+    fields = model.model_fields  # type: ignore[attr-defined]
+    fmt = fields["format"].default if "format" in fields else None
+    version = fields["format_version"].default
+    name = name or fmt or model.__name__
+    hint = f"; {rerun}" if rerun else ""
+    if not isinstance(content, Mapping):
+        raise error(f"{where}: expected a JSON object ({name}), got {type(content).__name__}{hint}")
+    if fmt is not None and content.get("format") != fmt:
+        raise error(f"{where}: not an {fmt} file ('format' is {content.get('format')!r}, expected {fmt!r}){hint}")
+    got = content.get("format_version")
+    if isinstance(got, int) and not isinstance(got, bool) and isinstance(version, int) and got > version:
+        raise error(f"{where}: format_version {got} is newer than this nnunet-sfda reads ({version}); "
+                    "update nnunet-sfda")
+    if version is not None and got != version:
+        raise error(f"{where}: format_version {got!r}, expected {version}{hint}")
+    try:
+        return model.model_validate(content)  # type: ignore[attr-defined]
+    except ValidationError as e:
+        raise error(f"{where}: invalid {name} ({validation_problems(e)}){hint}") from None

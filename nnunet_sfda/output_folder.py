@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
-from nnunet_sfda.files import FileContentError, atomic_write_json, read_json
+from nnunet_sfda.files import FileContentError, atomic_write_json, read_json, validate_versioned
 
 MARKER_FILE_NAME = "nnunet_sfda_output.json"
 MARKER_FORMAT_VERSION = 1
@@ -63,12 +63,9 @@ def _made_by(folder: Path, kind: OutputKind, legacy_file: str | None) -> OutputK
     path = folder / MARKER_FILE_NAME
     if not path.is_file():
         return kind if legacy_file is not None and (folder / legacy_file).is_file() else None
-    try:
-        return OutputMarker.model_validate(read_json(path, "the marker of an nnunet-sfda output folder")).made_by
-    except (ValidationError, FileContentError) as e:
-        detail = e.errors()[0]["msg"] if isinstance(e, ValidationError) else str(e)
-        raise ValueError(f"{path}: not a valid nnunet-sfda output marker ({detail}); the folder is left as it "
-                         "is: choose another -o") from None
+    return validate_versioned(OutputMarker, read_json(path, "the marker of an nnunet-sfda output folder"), str(path),
+                              FileContentError, rerun="the folder is left as it is: choose another -o",
+                              name="nnunet-sfda output marker").made_by
 
 
 def check_output_folder(folder: Path, kind: OutputKind, *, overwrite: bool, resume: bool = False,

@@ -18,9 +18,9 @@ import pickle
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from nnunet_sfda.files import FileContentError, atomic_write_json, read_json
+from nnunet_sfda.files import FileContentError, atomic_write_json, read_json, validate_versioned
 from nnunet_sfda.priors.geometry import CaseGeometry
 
 RECORD_FILE_NAME = "sfda_target.json"
@@ -59,7 +59,7 @@ class AdaptationRecord(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    format_version: Literal[2]
+    format_version: Literal[2] = RECORD_FORMAT_VERSION
     configurations: dict[str, SourceCheckpoint]
 
     @model_validator(mode="after")
@@ -94,13 +94,8 @@ def read_record(preprocessed_dataset_folder: str | os.PathLike) -> AdaptationRec
         raise TargetError(f"{path}: an adaptation record of format_version 1 (an older nnunet-sfda), which "
                           f"records neither the checkpoint's hash nor the prepared cases; "
                           f"{_rerun_hint(folder)} for each configuration")
-    try:
-        return AdaptationRecord.model_validate(content)
-    except ValidationError as e:
-        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc']) or 'record'}: {err['msg']}"
-                             for err in e.errors(include_url=False)[:5])
-        raise TargetError(f"{path}: invalid adaptation record (format_version {RECORD_FORMAT_VERSION} expected): "
-                          f"{problems}; {_rerun_hint(folder)}") from None
+    return validate_versioned(AdaptationRecord, content, str(path), TargetError, rerun=_rerun_hint(folder),
+                              name="adaptation record")
 
 
 def prepared_configurations(preprocessed_dataset_folder: str | os.PathLike) -> dict[str, SourceCheckpoint]:

@@ -29,9 +29,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from nnunet_sfda.files import atomic_write_json, read_json, validation_problems
+from nnunet_sfda.files import atomic_write_json, read_json, validate_versioned
 
 HISTORY_FILE_NAME = "sfda_history.json"
 SETTINGS_FILE_NAME = "sfda_settings.json"
@@ -203,7 +203,7 @@ def history_from_content(content: Any, where: str) -> RunHistory:
     if isinstance(content, Mapping) and content.get("format") == HISTORY_FORMAT and content.get("format_version") == 1:
         # version 2 only added fields (the source's scores, implausible classes, the choice): all absent there
         content = {**content, "format_version": 2}
-    return _validate(RunHistory, content, where, HISTORY_FORMAT, HISTORY_FORMAT_VERSION)
+    return validate_versioned(RunHistory, content, where, RecordError, rerun=RERUN_HINT)
 
 
 def load_history(path: str | Path) -> RunHistory:
@@ -273,7 +273,7 @@ def _short(value: Any) -> str:
 
 
 def settings_from_content(content: Any, where: str) -> RunSettings:
-    return _validate(RunSettings, content, where, SETTINGS_FORMAT, SETTINGS_FORMAT_VERSION)
+    return validate_versioned(RunSettings, content, where, RecordError, rerun=RERUN_HINT)
 
 
 def load_run_settings(path: str | Path) -> RunSettings:
@@ -283,22 +283,6 @@ def load_run_settings(path: str | Path) -> RunSettings:
 
 def save_run_settings(settings: RunSettings, path: str | Path) -> Path:
     return atomic_write_json(path, settings.model_dump(mode="json"))
-
-
-# ---------------------------------------------------------------------------------------------------------- common
-def _validate(model: type[BaseModel], content: Any, where: str, fmt: str, version: int):
-    if not isinstance(content, Mapping):
-        raise RecordError(f"{where}: expected a JSON object ({fmt}), got {type(content).__name__}")
-    if content.get("format") != fmt:
-        raise RecordError(f"{where}: not an {fmt} file ('format' is {content.get('format')!r}, expected {fmt!r})")
-    got = content.get("format_version")
-    if isinstance(got, int) and got > version:
-        raise RecordError(f"{where}: format_version {got} is newer than this nnunet_sfda reads ({version}); "
-                          "update nnunet_sfda")
-    try:
-        return model.model_validate(content)
-    except ValidationError as e:
-        raise RecordError(f"{where}: {validation_problems(e)}") from None
 
 
 __all__ = ["Candidate", "CheckpointChoice", "EpochRecord", "HISTORY_FILE_NAME", "MAY_CHANGE_ON_RESUME", "PhaseRecord",

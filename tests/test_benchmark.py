@@ -80,7 +80,7 @@ def test_method_file_round_trips_migrates_unversioned_and_names_bad_fields(tmp_p
     path.write_text(json.dumps(_method_record()))  # written before the files were versioned: same fields
     assert read_result_file(MethodRecord, path, "a method", "rerun it") == record
     path.write_text(json.dumps(_method_record(num_cases="two")))
-    with pytest.raises(ResultFileError, match=r"method\.json: an unversioned file that cannot be migrated "
+    with pytest.raises(ResultFileError, match=r"method\.json: invalid nnunet-sfda-benchmark-method "
                                               r"\(num_cases: .*integer.*\); rerun it$"):
         read_result_file(MethodRecord, path, "a method", "rerun it")
     content = record.model_dump()
@@ -88,7 +88,7 @@ def test_method_file_round_trips_migrates_unversioned_and_names_bad_fields(tmp_p
     with pytest.raises(ResultFileError, match="format_version 2 is newer than this nnunet-sfda reads"):
         read_result_file(MethodRecord, path, "a method", "rerun it")
     path.write_text(json.dumps({**content, "surprise": 1}))
-    with pytest.raises(ResultFileError, match=r"method\.json: invalid \(surprise: Extra inputs"):
+    with pytest.raises(ResultFileError, match=r"method\.json: invalid nnunet-sfda-benchmark-method \(surprise: Extra inputs"):
         read_result_file(MethodRecord, path, "a method", "rerun it")
     path.write_text(json.dumps({**BenchmarkArguments(preset="micro", shifts=["default"], methods=["adami"], seed=0,
                                                      device="cpu").model_dump()}))
@@ -155,8 +155,8 @@ def test_output_folder_marker_rules(tmp_path):
     assert claim_output_folder(legacy, "benchmark", overwrite=False, resume=True, legacy_file="benchmark.json") is False
     assert (legacy / MARKER_FILE_NAME).is_file()
     # a broken marker is not taken as ours
-    (legacy / MARKER_FILE_NAME).write_text('{"made_by": "someone else"}')
-    with pytest.raises(ValueError, match="not a valid nnunet-sfda output marker"):
+    (legacy / MARKER_FILE_NAME).write_text('{"format_version": 1, "made_by": "someone else"}')
+    with pytest.raises(ValueError, match=r"invalid nnunet-sfda output marker \(made_by: .*choose another -o$"):
         claim_output_folder(legacy, "benchmark", overwrite=True)
     assert (legacy / "benchmark.json").is_file()
     # resuming needs an earlier run

@@ -64,7 +64,7 @@ def test_history_round_trip_keeps_nan(tmp_path):
      "epochs.0.train.predicted_ratio must name exactly the classes ['background', 'organ']"),
     (lambda c: c["epochs"][1].update(epoch=5), "epochs.1.epoch is 5"),
     (lambda c: c["epochs"][0].update(monitoring_dice={"background": 0.3}), "epochs.0.monitoring_dice must name"),
-    (lambda c: c.update(format_version=7), "format_version 7 is newer than this nnunet_sfda reads"),
+    (lambda c: c.update(format_version=7), "format_version 7 is newer than this nnunet-sfda reads"),
     (lambda c: c.update(choice={"chosen": 4, "reason": "r", "collapse_at": None, "collapse_reason": None,
                                 "rule": "r"}), "choice.chosen is epoch 4; the history has epochs 0-1"),
     (lambda c: c.update(choice={"chosen": "source", "reason": "r", "collapse_at": None, "collapse_reason": None,
@@ -141,7 +141,7 @@ def test_settings_round_trip_and_errors(tmp_path):
     content = json.loads(path.read_text())
     content["prior"]["sha256"] = "xyz"
     path.write_text(json.dumps(content))
-    with pytest.raises(RecordError, match=r"sfda_settings.json: prior.sha256: String should match pattern"):
+    with pytest.raises(RecordError, match=r"sfda_settings.json: invalid nnunet-sfda-settings \(prior.sha256: String should match pattern"):
         load_run_settings(path)
 
 

@@ -20,9 +20,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from nnunet_sfda.files import atomic_write_json, read_json, validation_problems
+from nnunet_sfda.files import atomic_write_json, read_json, validate_versioned
 
 BENCHMARK_ARGUMENTS_FILE_NAME = "benchmark.json"
 METHOD_FILE_NAME = "method.json"
@@ -175,25 +175,11 @@ def read_result_file(model: type[FileModel], path: str | Path, what: str, rerun:
     """Read and validate ``path`` as ``model``; ``what`` says what the file is, ``rerun`` what to rerun when it is
     invalid or of an older version that cannot be migrated. An unversioned file is migrated (same fields)."""
     content: Any = read_json(path, what)
-    fmt, version = model.model_fields["format"].default, model.model_fields["format_version"].default
-    if not isinstance(content, dict):
-        raise ResultFileError(f"{path}: expected a JSON object ({fmt}), got {type(content).__name__}; {rerun}")
-    unversioned = "format" not in content and "format_version" not in content
-    if unversioned:  # written before the files were versioned: the same fields
-        content = {"format": fmt, "format_version": version, **content}
-    if content.get("format") != fmt:
-        raise ResultFileError(f"{path}: not an {fmt} file ('format' is {content.get('format')!r}); {rerun}")
-    got = content.get("format_version")
-    if isinstance(got, int) and not isinstance(got, bool) and got > version:
-        raise ResultFileError(f"{path}: format_version {got} is newer than this nnunet-sfda reads ({version}); "
-                              "update nnunet-sfda")
-    if got != version:
-        raise ResultFileError(f"{path}: format_version {got!r}, expected {version}; {rerun}")
-    try:
-        return model.model_validate(content)
-    except ValidationError as e:
-        kind = "an unversioned file that cannot be migrated" if unversioned else "invalid"
-        raise ResultFileError(f"{path}: {kind} ({validation_problems(e)}); {rerun}") from None
+    if isinstance(content, dict) and "format" not in content and "format_version" not in content:
+        # written before the files were versioned: the same fields
+        content = {"format": model.model_fields["format"].default,
+                   "format_version": model.model_fields["format_version"].default, **content}
+    return validate_versioned(model, content, str(path), ResultFileError, rerun=rerun)
 
 
 __all__ = ["BENCHMARK_ARGUMENTS_FILE_NAME", "BENCHMARK_RESULTS_FILE_NAME", "CANDIDATE_DICE_FILE_NAME", "CandidateDice",

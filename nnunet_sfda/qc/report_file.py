@@ -9,9 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from nnunet_sfda.files import read_json, validation_problems
+from nnunet_sfda.files import read_json, validate_versioned
 from nnunet_sfda.qc.case_checks import Recommendation
 
 REPORT_FILE_NAME = "sfda_report.json"
@@ -70,20 +70,9 @@ class QCReport(_Strict):
 
 
 def report_from_content(content: Any, where: str) -> QCReport:
-    if not isinstance(content, dict) or content.get("format") != REPORT_FORMAT:
-        got = content.get("format") if isinstance(content, dict) else type(content).__name__
-        raise ReportFileError(f"{where}: not an {REPORT_FORMAT} file ('format' is {got!r})")
-    version = content.get("format_version")
-    if isinstance(version, int) and version > REPORT_FORMAT_VERSION:
-        raise ReportFileError(f"{where}: format_version {version} is newer than this nnunet_sfda reads "
-                              f"({REPORT_FORMAT_VERSION}); update nnunet_sfda")
-    if version != REPORT_FORMAT_VERSION:  # no older version exists yet: nothing to migrate
-        raise ReportFileError(f"{where}: format_version {version!r}, expected {REPORT_FORMAT_VERSION}; re-run "
-                              "`nnunet-sfda report ... --overwrite` to write a current one")
-    try:
-        return QCReport.model_validate(content)
-    except ValidationError as e:
-        raise ReportFileError(f"{where}: {validation_problems(e)}") from None
+    # no older version exists yet: nothing to migrate
+    return validate_versioned(QCReport, content, where, ReportFileError,
+                              rerun="re-run `nnunet-sfda report ... --overwrite` to write a current one")
 
 
 def load_report(path: str | Path) -> QCReport:
