@@ -72,9 +72,20 @@ def test_volumes_and_agreement_use_the_voxel_volume_and_the_one_dice():
     assert m.flip_agreement_source == m.flip_agreement_adapted == 1.0
 
 
-def test_identical_predictions_are_recommended_adapted_without_flags():
+def test_a_case_adaptation_left_unchanged_is_adapted_whatever_else_its_flags_say():
     m = measures(box(5, 10), box(5, 10))
-    assert case_flags(m) == [] and recommend(m) == "adapted"
+    assert m.unchanged and case_flags(m) == ["adaptation left this case unchanged"] and recommend(m) == "adapted"
+    # implausible and unstable, but the source's own segmentation: adaptation cannot have harmed it
+    unstable = box(5, 10)
+    unstable[1, 0, 0] = 1
+    same = measures(box(5, 10), box(5, 10), unstable, unstable, plausible={"organ": (100.0, 150.0)})
+    assert same.unchanged and recommend(same) == "adapted"
+    assert any("is outside (as the source was)" in f for f in case_flags(same))
+    # one voxel of difference is a change: the rules apply (both outside the range, not nearer it: review)
+    moved = box(5, 10)
+    moved[1, 5, 5] = 0
+    changed = measures(box(5, 10), moved, plausible={"organ": (100.0, 150.0)})
+    assert not changed.unchanged and recommend(changed) == "review"
 
 
 def test_an_adapted_model_that_lost_the_structure_is_sent_back_to_the_source():
@@ -114,18 +125,19 @@ def test_disagreement_with_a_plausible_source_asks_for_review_but_not_with_an_im
 
 
 def test_flip_consistency_decides_between_unstable_and_clearly_worse_adaptation():
-    seg = box(5, 12)
+    seg, adapted = box(5, 12), box(5, 12)
+    adapted[1, 5, 5] = 0  # adapted, not the source's prediction voxel for voxel
     unstable_flip = box(9, 16)
-    m = measures(seg, seg, source_flipped=unstable_flip, adapted_flipped=unstable_flip)
+    m = measures(seg, adapted, source_flipped=unstable_flip, adapted_flipped=unstable_flip)
     assert m.flip_agreement_adapted < THRESHOLDS.flip_agreement_min
     assert recommend(m) == "review"
     assert any(f.startswith("adapted unstable under a flip") for f in case_flags(m))
-    worse = measures(seg, seg, source_flipped=seg, adapted_flipped=unstable_flip)
+    worse = measures(seg, adapted, source_flipped=seg, adapted_flipped=unstable_flip)
     assert recommend(worse) == "source"
     assert any(f.startswith("source more consistent under a flip (1.00 vs") for f in case_flags(worse))
 
 
 def test_range_text_of_a_one_sided_range():
-    m = measures(box(5, 10), box(5, 10), plausible={"organ": (40.0, math.inf)})
-    assert recommend(m) == "review"  # both below the lower bound: neither plausible
+    m = measures(box(5, 10), box(5, 9), plausible={"organ": (40.0, math.inf)})
+    assert recommend(m) == "review"  # both below the lower bound, the adapted one further: neither plausible
     assert any("≥ 40 mL" in f for f in case_flags(m))

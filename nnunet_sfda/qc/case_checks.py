@@ -119,6 +119,11 @@ class ClassMeasures:
         source = self.range_distance("source")
         return self.outside_range("source") and self.range_distance("adapted") < progress * source
 
+    @property
+    def unchanged(self) -> bool:
+        """Source and adapted predict this class on the same voxels (equal volumes, agreement Dice 1)."""
+        return self.source_ml == self.adapted_ml and self.agreement_dice == 1.0
+
     def implausible(self, model: Literal["source", "adapted"]) -> bool:
         """Outside the plausible range where one is known; else empty while the other model finds the class."""
         if self.plausible_ml is not None:
@@ -140,6 +145,11 @@ class CaseMeasures:
     def agreement_dice(self) -> float:
         """Mean over the foreground classes of the source-vs-adapted Dice."""
         return float(np.mean([c.agreement_dice for c in self.classes.values()]))
+
+    @property
+    def unchanged(self) -> bool:
+        """Adaptation left this case's prediction as the source made it, voxel for voxel."""
+        return bool(self.classes) and all(c.unchanged for c in self.classes.values())
 
     def implausible(self, model: Literal["source", "adapted"]) -> list[str]:
         return [name for name, c in self.classes.items() if c.implausible(model)]
@@ -203,7 +213,8 @@ def _volume_flags(name: str, c: ClassMeasures, t: Thresholds) -> list[str]:
 
 def case_flags(m: CaseMeasures, t: Thresholds = THRESHOLDS) -> list[str]:
     """What is unusual about a case, in words (empty: nothing)."""
-    flags = [flag for name, c in m.classes.items() for flag in _volume_flags(name, c, t)]
+    flags = ["adaptation left this case unchanged"] if m.unchanged else []
+    flags += [flag for name, c in m.classes.items() for flag in _volume_flags(name, c, t)]
     if m.agreement_dice < t.disagreement_dice:
         flags.append(f"source and adapted disagree (Dice {m.agreement_dice:.2f})")
     if m.flip_agreement_adapted < t.flip_agreement_min:
@@ -217,6 +228,8 @@ def case_flags(m: CaseMeasures, t: Thresholds = THRESHOLDS) -> list[str]:
 def recommend(m: CaseMeasures, t: Thresholds = THRESHOLDS) -> Recommendation:
     """Which prediction to use for this case, by the first rule that applies (see docs/report.md):
 
+    0. adaptation left the prediction unchanged (:attr:`CaseMeasures.unchanged`) → ``adapted``: it is the source's
+       segmentation, so adaptation cannot have harmed it (its flags still say whether it is plausible);
     1. the adapted prediction is implausible for some class (outside its plausible range; without a range: empty
        where the source finds the class) → ``source`` if the source is plausible for every class, else ``review``;
        a class where both lie outside the range and the adapted volume came nearer it (distance below
@@ -228,6 +241,8 @@ def recommend(m: CaseMeasures, t: Thresholds = THRESHOLDS) -> Recommendation:
        (with an implausible source, disagreeing with it is what adaptation is for);
     5. otherwise → ``adapted``.
     """
+    if m.unchanged:
+        return "adapted"
     source_plausible = not m.implausible("source")
     if any(not m.classes[name].came_nearer_range(t.range_progress) for name in m.implausible("adapted")):
         return "source" if source_plausible else "review"
