@@ -11,7 +11,9 @@ logs. Results folders are per trainer class, so runs go one after another and ea
         --setting lr1e-3:nnUNetTrainerSFDA:lr=1e-3 --setting lr1e-2:nnUNetTrainerSFDA:lr=1e-2
 
 A setting is NAME:TRAINER[:key=value,...] where keys are nnUNet_sfda_* suffixes (lr, kl_weight, num_epochs,
-iterations_per_epoch, prior). Prints one table at the end and writes DEMO/sweeps/summary.json.
+iterations_per_epoch, prior). Prints one table at the end and writes DEMO/sweeps/summary.json. A supervised
+trainer is the oracle: ``oracle:nnUNetTrainer_sfdaShort:num_epochs=3,iterations_per_epoch=50`` trains the demo's
+source recipe from scratch on the twin's labels (it writes no history, so ``--every-epoch`` skips it).
 
 The adaptation seed is the demo's own (read from its adaptation run's ``sfda_settings.json``), so every setting
 starts like the demo did; ``--seed`` may only repeat it. ``--every-epoch`` keeps every candidate of the
@@ -131,15 +133,18 @@ def main(argv: list[str] | None = None) -> int:
               "-f", "all", "-tr", trainer, "-device", args.device, *PREDICT_OPTIONS],
              env, out / "predict.log")
         for record in (records.HISTORY_FILE_NAME, records.SETTINGS_FILE_NAME, "sfda_progress.png"):
-            shutil.copy(folder / "fold_all" / record, out)
-        history = records.load_history(out / records.HISTORY_FILE_NAME)
+            if (folder / "fold_all" / record).is_file():  # a supervised setting (the oracle) writes no history
+                shutil.copy(folder / "fold_all" / record, out)
+        adapted = (out / records.HISTORY_FILE_NAME).is_file()
+        history = records.load_history(out / records.HISTORY_FILE_NAME) if adapted else None
         settings = records.load_run_settings(out / records.SETTINGS_FILE_NAME)
         summary[name] = {"trainer": trainer, "settings": extra,
                          "test_dice": folder_mean_foreground_dice(out / "pred", test_labels, labels, cases),
                          "iterations_per_epoch": settings.iterations_per_epoch,
                          "monitoring_dice_per_epoch": [next(iter(e.monitoring_dice.values()), None)
-                                                       if e.monitoring_dice else None for e in history.epochs]}
-        if args.every_epoch:
+                                                       if e.monitoring_dice else None
+                                                       for e in (history.epochs if history else [])]}
+        if args.every_epoch and history is not None:
             dice = candidate_test_dice(folder / "fold_all", test_images, test_labels,
                                        read_json(pre / twin / "dataset.json", "the twin's dataset.json"),
                                        read_json(folder / "plans.json", "the run's plans.json"), args.device)
