@@ -46,7 +46,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-__all__ = ["Candidate", "Choice", "SCORE_NAMES", "ScoreAccumulator", "candidates_from_scores", "choice_score",
+__all__ = ["Candidate", "Choice", "DEFAULT_MIN_FALL", "DEFAULT_PATIENCE", "DEFAULT_PREFERENCE",
+           "DEFAULT_RANGE_EXIT_IS_COLLAPSE", "DEFAULT_SOURCE_WEIGHT", "SCORE_NAMES", "ScoreAccumulator", "candidates_from_scores", "choice_score",
            "choose", "label_overlap", "mean_entropy", "mean_foreground_dice", "plausible_ratio_ranges", "ratio_kl"]
 
 #: the names under which a candidate's scores are recorded (``EpochRecord.label_free_scores``)
@@ -220,6 +221,22 @@ def _collapse_reason(candidates: Sequence[Candidate], i: int, patience: int, nam
 
 
 PREFERENCES = ("last", "score")
+
+# The trainers' rule (their class attributes default to these; trainers/selection.py), each set on the development
+# seed (scripts/evaluate_choice.py, docs/results.md):
+#: "last": the latest plausible epoch before any collapse came within 0.02 of the best epoch in 5 of 5 runs; the
+#: highest choice score in at most 2 of 5
+DEFAULT_PREFERENCE = "last"
+#: the weight of the source agreement in the choice score. 0: the source agreement falls by construction as
+#: adaptation moves away from the source, and a score containing it tripped the "fell 3 times in a row" guard on a
+#: healthy demo run while the flip agreement still rose
+DEFAULT_SOURCE_WEIGHT = 0.0
+DEFAULT_PATIENCE = 3
+#: 0, 0.005 and 0.01 chose equally well; 0.01, the largest of the tie: the guard is for collapses, not drifts
+DEFAULT_MIN_FALL = 0.01
+#: False: a candidate with a class outside its range is only not chosen, and a run that comes back inside can be
+#: chosen later (a range exit that excluded every later epoch cost one development run 0.18 Dice)
+DEFAULT_RANGE_EXIT_IS_COLLAPSE = False
 
 
 def choose(candidates: Sequence[Candidate], patience: int, names: Sequence[str] | None = None,

@@ -17,7 +17,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from nnunet_sfda.label_free import Candidate, choice_score, choose
+from nnunet_sfda.label_free import (
+    DEFAULT_MIN_FALL,
+    DEFAULT_PATIENCE,
+    DEFAULT_PREFERENCE,
+    DEFAULT_RANGE_EXIT_IS_COLLAPSE,
+    DEFAULT_SOURCE_WEIGHT,
+    Candidate,
+    choice_score,
+    choose,
+)
 from nnunet_sfda.records import SOURCE, RunHistory
 
 #: +1: higher is better; -1: lower is better
@@ -65,6 +74,11 @@ class Rule:
         pick = "last" if self.prefer == "last" else f"score(w={self.source_weight:g})"
         return (pick + (f", fall>{self.min_fall:g}" if self.min_fall else "")
                 + ("" if self.range_exit_is_collapse else ", exits skip"))
+
+
+#: the rule the trainers run with their defaults
+TRAINER_RULE = Rule(DEFAULT_PREFERENCE, DEFAULT_SOURCE_WEIGHT, DEFAULT_PATIENCE, DEFAULT_MIN_FALL,
+                    DEFAULT_RANGE_EXIT_IS_COLLAPSE)
 
 
 @dataclass(frozen=True)
@@ -134,4 +148,5 @@ def summarize_rule(runs: Sequence[RunCandidates], rule: Rule) -> RuleSummary:
 
 
 __all__ = ["GOAL_A_TOLERANCE", "GOAL_B_TOLERANCE", "Rule", "RuleSummary", "RunCandidates", "SCORE_DIRECTIONS",
+           "TRAINER_RULE",
            "run_candidates", "spearman", "summarize_rule"]

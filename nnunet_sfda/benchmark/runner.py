@@ -75,6 +75,7 @@ from nnunet_sfda.benchmark.result_files import (
     read_result_file,
     write_result_file,
 )
+from nnunet_sfda.benchmark.seed_table import gap_closure
 from nnunet_sfda.files import read_json
 from nnunet_sfda.metrics import evaluate_folder, read_label_map, summarize
 from nnunet_sfda.output_folder import claim_output_folder
@@ -85,7 +86,6 @@ from nnunet_sfda.target_prior import TRUE_SIZE_PRIOR_FILE_NAME
 
 SOURCE_IDS = {"phantom": 701, "brain": 702}  # one labelled source domain per anatomy
 FIRST_TARGET_ID = 710
-GAP_MIN = 0.01  # gap_closure is null where oracle − source_only is smaller than this
 
 
 @dataclass
@@ -362,12 +362,13 @@ class Benchmark:
 
 
 def gap_closures(dice: Mapping[str, float | None]) -> dict[str, float | None]:
-    """Per method (``dice``: method -> Dice), gap closure = (method − source_only) / (oracle − source_only); None
-    where that gap is below 0.01 Dice, an end is missing, or the method has no Dice."""
+    """Per method (``dice``: method -> Dice), :func:`~nnunet_sfda.benchmark.seed_table.gap_closure` against
+    source_only and oracle, rounded to 4 digits; None where the gap is too small, an end is missing, or the method
+    has no Dice."""
     base, top = dice.get("source_only"), dice.get("oracle")
-    gap = None if base is None or top is None else top - base
-    return {name: None if gap is None or gap < GAP_MIN or value is None else round((value - base) / gap, 4)
-            for name, value in dice.items()}
+    closures = {name: None if base is None or top is None or value is None else gap_closure(value, base, top)
+                for name, value in dice.items()}
+    return {name: None if c is None else round(c, 4) for name, c in closures.items()}
 
 
 def run_benchmark(out: str | os.PathLike, preset: str = "quick", methods: str | None = None,

@@ -21,7 +21,17 @@ from torch import autocast
 
 from nnunetv2.utilities.helpers import dummy_context
 
-from nnunet_sfda.label_free import ScoreAccumulator, candidates_from_scores, choose, plausible_ratio_ranges
+from nnunet_sfda.label_free import (
+    DEFAULT_MIN_FALL,
+    DEFAULT_PATIENCE,
+    DEFAULT_PREFERENCE,
+    DEFAULT_RANGE_EXIT_IS_COLLAPSE,
+    DEFAULT_SOURCE_WEIGHT,
+    ScoreAccumulator,
+    candidates_from_scores,
+    choose,
+    plausible_ratio_ranges,
+)
 from nnunet_sfda.priors import ClassRatioPrior
 from nnunet_sfda.priors.geometry import patch_prior
 from nnunet_sfda.records import LAST_CHECKPOINT_FILE_NAME, SOURCE, CheckpointChoice, SourceRecord
@@ -109,21 +119,12 @@ class LabelFreeChoice:
     each epoch, applying the rule, the log lines and the closing summary. It uses the trainer's network, prior
     (``sfda_prior``), history (``sfda_history``) and loader (``_plain_loader``)."""
 
-    # the label-free choice (nnunet_sfda.label_free): choice score = (flip + w·source agreement) / (1 + w)
-    #: weight of the source agreement in the choice score. 0: the score is the flip agreement alone, because the
-    #: source agreement falls by construction as adaptation moves away from the source, and a score containing it
-    #: tripped the "fell 3 times in a row" guard on a healthy demo run while the flip agreement still rose
-    choice_source_weight: float = 0.0
-    #: "last": the latest plausible epoch before any collapse; "score": the highest choice score (on the development
-    #: seed it came within 0.02 of the best epoch in at most 2 of 5 runs, "last" in 5 of 5)
-    checkpoint_preference: str = "last"
-    collapse_patience: int = 3  # the choice score falling this many times in a row is a collapse ...
-    #: ... when it fell by more than this in all. Development seed (scripts/evaluate_choice.py, docs/results.md):
-    #: 0, 0.005 and 0.01 chose equally well; 0.01, the largest of the tie: the guard is for collapses, not drifts
-    collapse_min_fall: float = 0.01
-    #: False: a candidate with a class outside its plausible range is only not chosen, and a run that comes back
-    #: inside can be chosen later (development seed: a range exit that excluded every later epoch cost one run 0.18)
-    range_exit_is_collapse: bool = False
+    # the label-free choice (nnunet_sfda.label_free, where the development-seed evidence for each default is)
+    choice_source_weight: float = DEFAULT_SOURCE_WEIGHT  # w in the choice score (flip + w·source agreement) / (1 + w)
+    checkpoint_preference: str = DEFAULT_PREFERENCE  # "last" plausible epoch before any collapse, or best "score"
+    collapse_patience: int = DEFAULT_PATIENCE  # the score falling this many times in a row is a collapse ...
+    collapse_min_fall: float = DEFAULT_MIN_FALL  # ... when it fell by more than this in all
+    range_exit_is_collapse: bool = DEFAULT_RANGE_EXIT_IS_COLLAPSE  # False: a range exit only rules out that epoch
     plausible_range_factor: float = 10.0  # a class without a stated range: ratio / f ... ratio · f is plausible
     label_free_seed: int = 20260101  # draws the fixed scoring patches (isolated from nnU-Net's random states)
 
