@@ -37,6 +37,14 @@ HISTORY_FILE_NAME = "sfda_history.json"
 SETTINGS_FILE_NAME = "sfda_settings.json"
 #: a finished adaptation run's last epoch; ``checkpoint_final.pth`` holds the label-free choice
 LAST_CHECKPOINT_FILE_NAME = "checkpoint_last.pth"
+#: with ``nnUNet_sfda_save_every_epoch=1``: the source's weights, a candidate of the choice
+SOURCE_CHECKPOINT_FILE_NAME = "checkpoint_source.pth"
+
+
+def epoch_checkpoint_file_name(epoch: int) -> str:
+    """With ``nnUNet_sfda_save_every_epoch=1``: the weights after ``epoch``."""
+    return f"checkpoint_epoch_{epoch}.pth"
+
 HISTORY_FORMAT = "nnunet-sfda-history"
 SETTINGS_FORMAT = "nnunet-sfda-settings"
 HISTORY_FORMAT_VERSION = 2  # 2: the source's scores, implausible classes per epoch, the checkpoint choice
@@ -285,7 +293,8 @@ def save_run_settings(settings: RunSettings, path: str | Path) -> Path:
     return atomic_write_json(path, settings.model_dump(mode="json"))
 
 
-__all__ = ["Candidate", "CheckpointChoice", "EpochRecord", "HISTORY_FILE_NAME", "MAY_CHANGE_ON_RESUME", "PhaseRecord",
+__all__ = ["Candidate", "CheckpointChoice", "EpochRecord", "HISTORY_FILE_NAME", "SOURCE_CHECKPOINT_FILE_NAME",
+           "epoch_checkpoint_file_name", "MAY_CHANGE_ON_RESUME", "PhaseRecord",
            "PriorUsed", "RecordError", "RunHistory", "RunSettings", "SETTINGS_FILE_NAME", "SOURCE", "SourceRecord",
            "history_from_content", "load_history",
            "load_run_settings", "migrate_unversioned_history", "resume_conflicts", "save_history",

@@ -12,8 +12,7 @@ from pathlib import Path
 
 from nnunet_sfda.metrics import case_metrics, mean_foreground_dice, read_label_map
 from nnunet_sfda.qc.predict import ModelPredictor, channel_files, image_reader, read_image
-from nnunet_sfda.records import SOURCE
-from nnunet_sfda.trainers.selection import SOURCE_CHECKPOINT, epoch_checkpoint
+from nnunet_sfda.records import SOURCE, SOURCE_CHECKPOINT_FILE_NAME, epoch_checkpoint_file_name
 
 
 def candidate_checkpoints(fold_folder: Path) -> dict[str, Path]:
@@ -23,14 +22,14 @@ def candidate_checkpoints(fold_folder: Path) -> dict[str, Path]:
     ``nnUNet_sfda_save_every_epoch=1``.
     """
     fold_folder = Path(fold_folder)
-    source = fold_folder / SOURCE_CHECKPOINT
+    source = fold_folder / SOURCE_CHECKPOINT_FILE_NAME
     if not source.is_file():
         raise FileNotFoundError(f"{source} not found: train with nnUNet_sfda_save_every_epoch=1 to keep every "
                                 "candidate's weights")
     out = {SOURCE: source}
     epoch = 0
-    while (fold_folder / epoch_checkpoint(epoch)).is_file():
-        out[str(epoch)] = fold_folder / epoch_checkpoint(epoch)
+    while (fold_folder / epoch_checkpoint_file_name(epoch)).is_file():
+        out[str(epoch)] = fold_folder / epoch_checkpoint_file_name(epoch)
         epoch += 1
     return out
 
@@ -47,7 +46,7 @@ def candidate_test_dice(fold_folder: Path, images: Path, labels_folder: Path, da
         image, properties = read_image(reader, files.images)
         truth, spacing = read_label_map(Path(labels_folder) / f"{files.case}{ending}")
         cases.append((files.case, image, properties, truth, spacing))
-    predictor = ModelPredictor(Path(fold_folder).parent, "all", SOURCE_CHECKPOINT, device)  # holds the source
+    predictor = ModelPredictor(Path(fold_folder).parent, "all", SOURCE_CHECKPOINT_FILE_NAME, device)  # holds the source
     out: dict[str, float | None] = {}
     for name, checkpoint in checkpoints.items():
         if checkpoint != predictor.checkpoint:

@@ -34,17 +34,20 @@ from nnunet_sfda.label_free import (
 )
 from nnunet_sfda.priors import ClassRatioPrior
 from nnunet_sfda.priors.geometry import patch_prior
-from nnunet_sfda.records import LAST_CHECKPOINT_FILE_NAME, SOURCE, CheckpointChoice, SourceRecord
+from nnunet_sfda.records import (
+    LAST_CHECKPOINT_FILE_NAME,
+    SOURCE,
+    SOURCE_CHECKPOINT_FILE_NAME,
+    CheckpointChoice,
+    SourceRecord,
+    epoch_checkpoint_file_name,
+)
 from nnunet_sfda.trainers.resume import isolated_random_state, save_atomically
 
 FINAL_CHECKPOINT = "checkpoint_final.pth"  # holds the label-free choice, so plain nnUNetv2_predict uses it
 LAST_CHECKPOINT = LAST_CHECKPOINT_FILE_NAME  # the last epoch's weights
-SOURCE_CHECKPOINT = "checkpoint_source.pth"  # with nnUNet_sfda_save_every_epoch=1: the source, as a candidate
-
-
-def epoch_checkpoint(epoch: int) -> str:
-    """With ``nnUNet_sfda_save_every_epoch=1``: the weights after ``epoch``."""
-    return f"checkpoint_epoch_{epoch}.pth"
+SOURCE_CHECKPOINT = SOURCE_CHECKPOINT_FILE_NAME  # with nnUNet_sfda_save_every_epoch=1
+epoch_checkpoint = epoch_checkpoint_file_name
 
 
 @dataclass(frozen=True)
