@@ -48,7 +48,8 @@ import torch
 
 __all__ = ["Candidate", "Choice", "DEFAULT_MIN_FALL", "DEFAULT_PATIENCE", "DEFAULT_PREFERENCE",
            "DEFAULT_RANGE_EXIT_IS_COLLAPSE", "DEFAULT_SOURCE_WEIGHT", "SCORE_NAMES", "ScoreAccumulator",
-           "candidates_from_scores", "choice_score", "choose", "label_overlap", "mean_entropy", "mean_foreground_dice", "plausible_ratio_ranges", "ratio_kl"]
+           "candidates_from_scores", "choice_score", "choose", "label_overlap", "mean_entropy", "mean_foreground_dice",
+           "plausible_ratio_ranges", "ratio_kl"]
 
 #: the names under which a candidate's scores are recorded (``EpochRecord.label_free_scores``)
 SCORE_NAMES = ("choice_score", "flip_agreement", "source_agreement", "mean_entropy", "prior_kl", "classes_in_range")

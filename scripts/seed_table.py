@@ -67,16 +67,20 @@ def demo_results(demo: Path, family: str | None, rename: dict[str, str]) -> list
         measured, history = found
         seed = measured.seed
         run = run_candidates(folder.name, history, measured.dice)
-        out.append(SeedResult(family, rename.get(folder.name, folder.name), seed, run.dice[run.chosen_by(TRAINER_RULE)],
-                              _last(measured)))
+        chosen = run.dice[run.chosen_by(TRAINER_RULE)]
+        out.append(SeedResult(family, rename.get(folder.name, folder.name), seed, chosen, _last(measured)))
     if seed is None:
         raise SystemExit(f"{demo / 'sweeps'}: no setting with {CANDIDATE_DICE_FILE_NAME} (sweep with --every-epoch)")
     out.insert(0, SeedResult(family, "source_only", seed, summary.source_only_dice))
     oracle = demo / "sweeps" / "oracle" / "pred"
     if oracle.is_dir():
-        twin = next(p for p in (demo / "nnUNet_preprocessed").iterdir() if "SweepTwin" in p.name)
-        labels = read_json(twin / "dataset.json", "the sweep twin's dataset.json")["labels"]
+        twins = [p for p in (demo / "nnUNet_preprocessed").iterdir() if "SweepTwin" in p.name]
+        if not twins:
+            raise SystemExit(f"{oracle}: no sweep twin dataset in {demo / 'nnUNet_preprocessed'} to read labels from")
+        labels = read_json(twins[0] / "dataset.json", "the sweep twin's dataset.json")["labels"]
         dice = folder_mean_foreground_dice(oracle, demo / "target_test" / "labels", labels, summary.test_cases)
+        if dice is None:
+            raise SystemExit(f"{oracle}: no oracle prediction to score against {demo / 'target_test' / 'labels'}")
         out.append(SeedResult(family, "oracle", seed, dice))
     return out
 

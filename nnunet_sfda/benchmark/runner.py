@@ -246,10 +246,10 @@ class Benchmark:
                 if (folder / "fold_all" / record).is_file():
                     shutil.copy(folder / "fold_all" / record, run_dir / record)
             pred = self._predict(shift, method.name, target, method.trainer, data, run_dir)
-            if self.cfg.every_epoch and method.name != "oracle":
-                self._candidate_dice(shift, method.name, target, folder, data, run_dir)
-        labels = read_json(self.out / "nnUNet_raw" / target / "dataset.json", "the target's dataset.json")["labels"]
-        per_case = evaluate_folder(pred, data / "test" / "labels", labels)
+        dataset_json = read_json(self.out / "nnUNet_raw" / target / "dataset.json", "the target's dataset.json")
+        if self.cfg.every_epoch and not method.peer and method.name not in ("source_only", "oracle"):
+            self._candidate_dice(shift, method.name, dataset_json, folder, data, run_dir)
+        per_case = evaluate_folder(pred, data / "test" / "labels", dataset_json["labels"])
         settings = run_dir / records.SETTINGS_FILE_NAME
         trainer = f"dg-tta (peer, {self.p.dgtta_budget_text})" if method.peer else method.trainer
         record = MethodRecord(**summarize(per_case), seconds=round(seconds, 1), trainer=trainer,
@@ -260,14 +260,15 @@ class Benchmark:
                           f"[{shift}] {method.name}: no Dice")
         return record.entry()
 
-    def _candidate_dice(self, shift: str, method: str, target: str, folder: Path, data: Path, run_dir: Path) -> None:
+    def _candidate_dice(self, shift: str, method: str, dataset_json: dict, folder: Path, data: Path,
+                        run_dir: Path) -> None:
         """The test Dice of every candidate of the run's label-free choice (the source and each epoch)."""
         self.progress.say(f"[{shift}] {method}: test Dice of every candidate of the label-free choice ...")
         dice = candidate_test_dice(folder / "fold_all", data / "test" / "images", data / "test" / "labels",
-                                   read_json(self.out / "nnUNet_raw" / target / "dataset.json",
-                                             "the target's dataset.json"),
-                                   read_json(folder / "plans.json", "the run's plans.json"), self.cfg.device)
-        cases = sorted(p.name[: -len(".nii.gz")] for p in (data / "test" / "labels").glob("*.nii.gz"))
+                                   dataset_json, read_json(folder / "plans.json", "the run's plans.json"),
+                                   self.cfg.device)
+        ending = dataset_json["file_ending"]
+        cases = sorted(p.name[: -len(ending)] for p in (data / "test" / "labels").glob(f"*{ending}"))
         write_result_file(CandidateDice(run=f"{shift}/{method}", seed=self.cfg.seed, test_cases=cases, dice=dice),
                           run_dir / CANDIDATE_DICE_FILE_NAME)
 

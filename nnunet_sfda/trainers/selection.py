@@ -40,14 +40,11 @@ from nnunet_sfda.records import (
     SOURCE_CHECKPOINT_FILE_NAME,
     CheckpointChoice,
     SourceRecord,
-    epoch_checkpoint_file_name,
 )
 from nnunet_sfda.trainers.resume import isolated_random_state, save_atomically
 
 FINAL_CHECKPOINT = "checkpoint_final.pth"  # holds the label-free choice, so plain nnUNetv2_predict uses it
 LAST_CHECKPOINT = LAST_CHECKPOINT_FILE_NAME  # the last epoch's weights
-SOURCE_CHECKPOINT = SOURCE_CHECKPOINT_FILE_NAME  # with nnUNet_sfda_save_every_epoch=1
-epoch_checkpoint = epoch_checkpoint_file_name
 
 
 @dataclass(frozen=True)
@@ -170,7 +167,7 @@ class LabelFreeChoice:
         self._update_choice()
         self._log_scores("source (before training)", scores, implausible)
         if self.sfda_settings.save_every_epoch and self.local_rank == 0:
-            save_inference_checkpoint(Path(self.output_folder) / SOURCE_CHECKPOINT, self._candidate,
+            save_inference_checkpoint(Path(self.output_folder) / SOURCE_CHECKPOINT_FILE_NAME, self._candidate,
                                       self._inference_keys(epoch=0))
 
     def _inference_keys(self, epoch: int) -> dict:

@@ -80,6 +80,7 @@ from nnunet_sfda.records import (
     PhaseRecord,
     RunHistory,
     RunSettings,
+    epoch_checkpoint_file_name,
     history_from_content,
     resume_conflicts,
     save_history,
@@ -105,7 +106,6 @@ from nnunet_sfda.trainers.selection import (
     LabelFreeChoice,
     ScoringBatch,
     cpu_weights,
-    epoch_checkpoint,
     save_inference_checkpoint,
 )
 from nnunet_sfda.prepared import (
@@ -518,7 +518,7 @@ class nnUNetTrainerSFDA(LabelFreeChoice, nnUNetTrainer):
         self.save_checkpoint(str(Path(self.output_folder) / LATEST_CHECKPOINT))  # every epoch: --c resumes it
         self._last_good = (str(Path(self.output_folder) / LATEST_CHECKPOINT), self.current_epoch)
         if self.sfda_settings.save_every_epoch and self.local_rank == 0:  # after the check for non-finite weights
-            save_inference_checkpoint(Path(self.output_folder) / epoch_checkpoint(self.current_epoch),
+            save_inference_checkpoint(Path(self.output_folder) / epoch_checkpoint_file_name(self.current_epoch),
                                       cpu_weights(self._plain_network().state_dict()),
                                       self._inference_keys(epoch=self.current_epoch + 1))
         if self.local_rank == 0:
