@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Seconds per training iteration: nnUNetTrainerSFDA next to a plain nnUNetTrainer, side by side in one run.
+"""Seconds per training iteration: nnUNetTrainerSFDA_AdaMI next to a plain nnUNetTrainer, side by side in one run.
 
 Both trainers are built on the same prepared target dataset, configuration and batch size. Each times its own
 ``train_step`` (forward, loss, backward, optimizer step) on batches drawn beforehand from its own data loader, so the
@@ -9,7 +9,7 @@ adaptation) is reported separately. Blocks of the two trainers alternate so drif
     python scripts/benchmark_iteration.py --demo-dir sfda_demo              # after `nnunet-sfda demo -o sfda_demo`
     python scripts/benchmark_iteration.py -d 502 -c 2d -device cuda         # any prepared target with a prior
     python scripts/benchmark_iteration.py -d 502 -c 2d -device cuda --patch 256 256 --batch 12   # a wider batch
-    python scripts/benchmark_iteration.py --demo-dir sfda_demo --trainers nnUNetTrainerSFDA \
+    python scripts/benchmark_iteration.py --demo-dir sfda_demo --trainers nnUNetTrainerSFDA_AdaMI \
         nnUNetTrainerSFDA_consistency nnUNetTrainerSFDA_selfTrain      # several SFDA trainers beside the plain one
 
 Nothing is written to the user's nnUNet_results: the trainers' output folders go to a temporary folder.
@@ -72,8 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--patch", type=int, nargs="+", help="override the configuration's patch size (both trainers)")
     parser.add_argument("--batch", type=int, help="override the configuration's batch size (both trainers)")
-    parser.add_argument("--trainers", nargs="+", default=["nnUNetTrainerSFDA"],
-                        help="nnunet_sfda trainers to time beside the plain nnUNetTrainer (default: nnUNetTrainerSFDA)")
+    parser.add_argument("--trainers", nargs="+", default=["nnUNetTrainerSFDA_AdaMI"],
+                        help="nnunet_sfda trainers to time beside the plain nnUNetTrainer (default: nnUNetTrainerSFDA_AdaMI)")
     args = parser.parse_args(argv)
 
     if args.demo_dir is not None:  # before nnU-Net is imported: it reads its folders once

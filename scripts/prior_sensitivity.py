@@ -73,10 +73,10 @@ def main(argv: list[str] | None = None) -> int:
         plain = estimate(f"x{scale:g}", "--labels", str(source_labels), "--volume-scale", str(scale))
         tagged = estimate(f"x{scale:g}_tags", "--labels", str(source_labels), "--volume-scale", str(scale),
                           "--tags", str(tags))
-        settings += [f"x{scale:g}:nnUNetTrainerSFDA:prior={plain}", f"x{scale:g}_tags:nnUNetTrainerSFDA:prior={tagged}"]
+        settings += [f"x{scale:g}:nnUNetTrainerSFDA_AdaMI:prior={plain}", f"x{scale:g}_tags:nnUNetTrainerSFDA_AdaMI:prior={tagged}"]
     ellipsoid = estimate("ellipsoid", "--labels", str(source_labels), "--slice-model", "ellipsoid")
     true_size = estimate("true_size", "--labels", str(demo / "target_labels_tr"), "--true-size")
-    settings += [f"ellipsoid:nnUNetTrainerSFDA:prior={ellipsoid}",
+    settings += [f"ellipsoid:nnUNetTrainerSFDA_AdaMI:prior={ellipsoid}",
                  f"true_size:nnUNetTrainerSFDA_trueSize:prior={true_size}"]
     return subprocess.run([*sweep, *(a for s in settings for a in ("--setting", s))]).returncode
 

@@ -8,7 +8,7 @@ logs. Results folders are per trainer class, so runs go one after another and ea
 ``DEMO/sweeps/<name>/``.
 
     python scripts/sweep_adaptation.py --demo-dir sfda_demo \
-        --setting lr1e-3:nnUNetTrainerSFDA:lr=1e-3 --setting lr1e-2:nnUNetTrainerSFDA:lr=1e-2
+        --setting lr1e-3:nnUNetTrainerSFDA_AdaMI:lr=1e-3 --setting lr1e-2:nnUNetTrainerSFDA_AdaMI:lr=1e-2
 
 A setting is NAME:TRAINER[:key=value,...] where keys are nnUNet_sfda_* suffixes (lr, kl_weight, num_epochs,
 iterations_per_epoch, prior). Prints one table at the end and writes DEMO/sweeps/summary.json. A supervised

@@ -66,7 +66,7 @@ def _method_record(**changes) -> dict:
     return {"dice": 0.7, "dice_per_class": {"organ": {"mean": 0.7, "sd": 0.1}},
             "assd_mm": {"organ": {"mean": 1.5, "sd": 0.5, "n": 2}},
             "hd95_mm": {"organ": {"mean": None, "sd": None, "n": 0}},
-            "num_cases": 2, "seconds": 12.5, "trainer": "nnUNetTrainerSFDA",
+            "num_cases": 2, "seconds": 12.5, "trainer": "nnUNetTrainerSFDA_AdaMI",
             "per_case_dice": {"test_000": {"organ": 0.6}, "test_001": {"organ": 0.8}}, "prior_mode": "per_sample",
             **changes}
 

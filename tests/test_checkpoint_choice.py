@@ -27,8 +27,8 @@ def test_final_holds_the_choice_and_last_the_last_epoch(source_model):
     run(["nnunet-sfda", "prepare-target", "-m", str(source_model.model_folder), "-d", target, "-c", "2d", "-np", "1"],
         env)
     run(["nnunet-sfda", "estimate-prior", "-d", target, "--ratios", "0.95", "0.05"], env)
-    proc = run(["nnUNetv2_train", target, "2d", "all", "-tr", "nnUNetTrainerSFDA", "-device", "cpu"], {**env, **FAST})
-    fold = root / "res" / target / "nnUNetTrainerSFDA__nnUNetPlans__2d" / "fold_all"
+    proc = run(["nnUNetv2_train", target, "2d", "all", "-tr", "nnUNetTrainerSFDA_AdaMI", "-device", "cpu"], {**env, **FAST})
+    fold = root / "res" / target / "nnUNetTrainerSFDA_AdaMI__nnUNetPlans__2d" / "fold_all"
 
     history = load_history(fold / "sfda_history.json")
     assert set(history.source.label_free_scores) == set(SCORE_NAMES)
@@ -56,7 +56,7 @@ def test_final_holds_the_choice_and_last_the_last_epoch(source_model):
 
     out = root / "predictions_choice"
     run(["nnUNetv2_predict", "-i", str(source_model.test_images), "-o", str(out), "-d", target, "-c", "2d",
-         "-f", "all", "-tr", "nnUNetTrainerSFDA", "-device", "cpu", *PREDICT_OPTIONS], env)
+         "-f", "all", "-tr", "nnUNetTrainerSFDA_AdaMI", "-device", "cpu", *PREDICT_OPTIONS], env)
     assert len(list(out.glob("*.nii.gz"))) == len(list(source_model.test_images.glob("*_0000.nii.gz")))
 
     # the benchmark's Dice of every candidate, in-process: the chosen one's equals the stock prediction's

@@ -20,7 +20,7 @@ def history(flips: list[float], implausible_at: int | None = None) -> RunHistory
     """A run whose source has flip agreement flips[0] and epoch i flips[i + 1]."""
     phase = PhaseRecord(terms={"loss": 0.1}, predicted_ratio={"background": 0.9, "organ": 0.1},
                         loss_prior={"background": 0.9, "organ": 0.1})
-    h = RunHistory(trainer="nnUNetTrainerSFDA", labels=LABELS, dataset_prior={"background": 0.9, "organ": 0.1},
+    h = RunHistory(trainer="nnUNetTrainerSFDA_AdaMI", labels=LABELS, dataset_prior={"background": 0.9, "organ": 0.1},
                    source=SourceRecord(label_free_scores=scores(flips[0], source=1.0), implausible_classes=[]))
     for i, flip in enumerate(flips[1:]):
         h = h.with_epoch(EpochRecord(epoch=i, train=phase, val=phase, label_free_scores=scores(flip, 0.9 - 0.1 * i),

@@ -91,11 +91,11 @@ def test_resenc_two_modalities_three_classes(tmp_path):
     run(["nnunet-sfda", "prepare-target", "-m", str(model_folder), "-d", target, "-c", "2d", "-np", "1"], env)
     assert (tmp_path / "pre" / target / f"{RESENC_PLANS}.json").is_file()
     run(["nnunet-sfda", "estimate-prior", "-d", target, "--ratios", "0.7", "0.25", "0.05"], env)
-    proc = run(["nnUNetv2_train", target, "2d", "all", "-tr", "nnUNetTrainerSFDA", "-p", RESENC_PLANS,
+    proc = run(["nnUNetv2_train", target, "2d", "all", "-tr", "nnUNetTrainerSFDA_AdaMI", "-p", RESENC_PLANS,
                 "-device", "cpu"], train_env)
     assert "starting from all source weights" in proc.stdout
 
-    fold = tmp_path / "res" / target / f"nnUNetTrainerSFDA__{RESENC_PLANS}__2d" / "fold_all"
+    fold = tmp_path / "res" / target / f"nnUNetTrainerSFDA_AdaMI__{RESENC_PLANS}__2d" / "fold_all"
     history = load_history(fold / "sfda_history.json")
     assert history.labels == list(LABELS) and len(history.epochs) == 1
     assert list(history.dataset_prior.values()) == pytest.approx([0.7, 0.25, 0.05])
@@ -110,7 +110,7 @@ def test_resenc_two_modalities_three_classes(tmp_path):
 
     out = tmp_path / "predictions"
     run(["nnUNetv2_predict", "-i", str(target_folder / "imagesTr"), "-o", str(out), "-d", target, "-c", "2d",
-         "-f", "all", "-tr", "nnUNetTrainerSFDA", "-p", RESENC_PLANS, "-device", "cpu", *PREDICT_OPTIONS], env)
+         "-f", "all", "-tr", "nnUNetTrainerSFDA_AdaMI", "-p", RESENC_PLANS, "-device", "cpu", *PREDICT_OPTIONS], env)
     cases = sorted({f.name[: -len("_0000.nii.gz")] for f in (target_folder / "imagesTr").glob("*_0000.nii.gz")})
     assert sorted(f.name for f in out.glob("*.nii.gz")) == [f"{case}.nii.gz" for case in cases]
     for case in cases:

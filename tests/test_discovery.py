@@ -17,12 +17,12 @@ LOOKUP = ("from nnunetv2.utilities.find_objects import recursive_find_trainer_cl
           "c = f('{name}'); print(c.__module__, c.__name__)")
 
 
-@pytest.mark.parametrize("name", ["nnUNetTrainerSFDA", "nnUNetTrainerSFDA_batchMarginal"])
+@pytest.mark.parametrize("name", ["nnUNetTrainerSFDA_AdaMI", "nnUNetTrainerSFDA_batchMarginal"])
 def test_stock_lookup_finds_trainer_in_clean_interpreter(tmp_path, name):
     out = subprocess.run([sys.executable, "-c", LOOKUP.format(name=name)], env=_clean_env(tmp_path),
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip().splitlines()[-1] == f"nnunet_sfda.trainers.{'sfda' if name == 'nnUNetTrainerSFDA' else 'variants'} {name}"
+    assert out.stdout.strip().splitlines()[-1] == f"nnunet_sfda.trainers.{'sfda' if name == 'nnUNetTrainerSFDA_AdaMI' else 'variants'} {name}"
 
 
 def test_pth_appends_to_existing_ext_trainer_value(tmp_path):
@@ -47,6 +47,6 @@ def test_pth_imports_nothing_heavy(tmp_path):
 def test_trainer_importable_for_subclassing():
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-    from nnunet_sfda.trainers import nnUNetTrainerSFDA
+    from nnunet_sfda.trainers import nnUNetTrainerSFDA_AdaMI
 
-    assert issubclass(nnUNetTrainerSFDA, nnUNetTrainer)
+    assert issubclass(nnUNetTrainerSFDA_AdaMI, nnUNetTrainer)

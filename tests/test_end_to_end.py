@@ -46,7 +46,7 @@ def adapt(source_model, dataset: str, extra_env: dict | None = None, *train_args
     run(["nnunet-sfda", "prepare-target", "-m", str(source_model.model_folder), "-d", dataset, "-c", "2d", "-np", "1"],
         env)
     run(["nnunet-sfda", "estimate-prior", "-d", dataset, "--ratios", "0.95", "0.05"], env)
-    return run(["nnUNetv2_train", dataset, "2d", "all", "-tr", "nnUNetTrainerSFDA", "-device", "cpu", *train_args],
+    return run(["nnUNetv2_train", dataset, "2d", "all", "-tr", "nnUNetTrainerSFDA_AdaMI", "-device", "cpu", *train_args],
                {**env, **ADAPT_FAST, **(extra_env or {})})
 
 
@@ -58,7 +58,7 @@ def test_prepare_adapt_predict(source_model):
     proc = adapt(source_model, target)
     assert "starting from all source weights" in proc.stdout
     assert "mode batch_marginal" in proc.stdout  # a constant prior has no per-slice ratios
-    fold = root / "res" / target / "nnUNetTrainerSFDA__nnUNetPlans__2d" / "fold_all"
+    fold = root / "res" / target / "nnUNetTrainerSFDA_AdaMI__nnUNetPlans__2d" / "fold_all"
     for name in ("checkpoint_final.pth", "checkpoint_last.pth", "progress.png", "sfda_progress.png",
                  "sfda_history.json", "sfda_settings.json"):
         assert (fold / name).is_file(), name
@@ -75,7 +75,7 @@ def test_prepare_adapt_predict(source_model):
     assert any(".seg_layers." in k for k in changed), "the segmentation head must be adapted too"
 
     # --c resumes the adapted weights and never reloads the source over them
-    resumed = run(["nnUNetv2_train", target, "2d", "all", "-tr", "nnUNetTrainerSFDA", "-device", "cpu", "--c"],
+    resumed = run(["nnUNetv2_train", target, "2d", "all", "-tr", "nnUNetTrainerSFDA_AdaMI", "-device", "cpu", "--c"],
                   {**nnunet_env(root), **ADAPT_FAST, "nnUNet_sfda_num_epochs": "3"})
     assert "starting from all source weights" not in resumed.stdout
     assert "continuing from the last epoch, checkpoint_last.pth" in resumed.stdout
@@ -84,7 +84,7 @@ def test_prepare_adapt_predict(source_model):
 
     out = root / "predictions"
     run(["nnUNetv2_predict", "-i", str(source_model.test_images), "-o", str(out), "-d", target, "-c", "2d",
-         "-f", "all", "-tr", "nnUNetTrainerSFDA", "-device", "cpu", *PREDICT_OPTIONS],
+         "-f", "all", "-tr", "nnUNetTrainerSFDA_AdaMI", "-device", "cpu", *PREDICT_OPTIONS],
         nnunet_env(root))
     for image_file in sorted(source_model.test_images.glob("*_0000.nii.gz")):
         image = sitk.ReadImage(str(image_file))
@@ -108,12 +108,12 @@ def test_3d_fullres_adapts_batch_marginal_by_default(source_model):
     run(["nnunet-sfda", "prepare-target", "-m", str(results_dataset_folder), "-d", target, "-c", "3d_fullres", "-np", "1"],
         env)
     run(["nnunet-sfda", "estimate-prior", "-d", target, "--ratios", "0.95", "0.05"], env)
-    proc = run(["nnUNetv2_train", target, "3d_fullres", "all", "-tr", "nnUNetTrainerSFDA", "-device", "cpu"],
+    proc = run(["nnUNetv2_train", target, "3d_fullres", "all", "-tr", "nnUNetTrainerSFDA_AdaMI", "-device", "cpu"],
                {**env, **ADAPT_FAST, "nnUNet_sfda_num_epochs": "1"})
     assert "mode batch_marginal" in proc.stdout
     out = source_model.root / "pred3d"
     run(["nnUNetv2_predict", "-i", str(source_model.test_images), "-o", str(out), "-d", target, "-c", "3d_fullres",
-         "-f", "all", "-tr", "nnUNetTrainerSFDA", "-device", "cpu", *PREDICT_OPTIONS], env)
+         "-f", "all", "-tr", "nnUNetTrainerSFDA_AdaMI", "-device", "cpu", *PREDICT_OPTIONS], env)
     assert len(list(out.glob("*.nii.gz"))) == len(list(source_model.test_images.glob("*.nii.gz")))
 
 
@@ -122,7 +122,7 @@ def test_training_refuses_missing_and_true_size_priors(source_model, tmp_path):
     env = nnunet_env(source_model.root)
     run(["nnunet-sfda", "prepare-target", "-m", str(source_model.model_folder), "-d", target, "-c", "2d", "-np", "1"],
         env)
-    train = [console_script("nnUNetv2_train"), target, "2d", "all", "-tr", "nnUNetTrainerSFDA",
+    train = [console_script("nnUNetv2_train"), target, "2d", "all", "-tr", "nnUNetTrainerSFDA_AdaMI",
              "-device", "cpu"]
     missing = subprocess.run(train, env={**env, **ADAPT_FAST}, capture_output=True, text=True, timeout=600)
     assert missing.returncode != 0

@@ -119,7 +119,7 @@ def test_tags_give_per_slice_priors_and_per_sample_training(prepared, source_mod
         assert [i for i, r in enumerate(ratios) if r > 0] == frame
         assert len(set(np.round([ratios[i] for i in frame], 12))) == 1  # spread evenly over tagged slices
 
-    proc = run(["nnUNetv2_train", name, "2d", "all", "-tr", "nnUNetTrainerSFDA", "-device", "cpu"],
+    proc = run(["nnUNetv2_train", name, "2d", "all", "-tr", "nnUNetTrainerSFDA_AdaMI", "-device", "cpu"],
                {**env, **ADAPT_FAST})
     assert "mode per_sample" in proc.stdout
     assert "has no ratios for" not in proc.stdout

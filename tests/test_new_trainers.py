@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -14,7 +13,6 @@ from conftest import nnunet_env, run
 from nnunet_sfda import trainers
 from nnunet_sfda.augmentation import SpatialAugment, TwoViews
 from nnunet_sfda.losses import AdaMILoss
-from nnunet_sfda.prepared import TargetError
 from nnunet_sfda.priors import constant_prior
 from nnunet_sfda.priors.coverage import CropSampling
 from nnunet_sfda.priors.geometry import patch_prior
@@ -28,7 +26,7 @@ NEW = {  # class -> (refused settings, (initial_lr, num_epochs, iterations, λ))
     "nnUNetTrainerSFDA_consistency": ({"kl_weight"}, (3e-4, 12, 25, 0.0)),
     "nnUNetTrainerSFDA_consistencyAdaMI": (set(), (1e-3, 12, 25, 1.0)),
     "nnUNetTrainerSFDA_selfTrain": (set(), (1e-3, 12, 25, 1.0)),
-    "nnUNetTrainerSFDA_selfTrainAdaMI": (set(), (1e-3, 12, 25, 1.0)),
+    "nnUNetTrainerSFDA": (set(), (1e-3, 12, 25, 1.0)),
     "nnUNetTrainerSFDA_coverage": (set(), (1e-3, 12, 25, 1.0)),
 }
 
@@ -94,19 +92,10 @@ def test_coverage_in_3d_weights_crops_by_inverse_coverage():
     torch.testing.assert_close(ones.predicted_ratio, torch.tensor([0.5, 0.5]))  # uniform prediction stays uniform
 
 
-def test_self_training_from_adami_names_the_missing_run(tmp_path):
-    fake = SimpleNamespace(output_folder_base=str(tmp_path / "Dataset9_T" / "nnUNetTrainerSFDA_selfTrainAdaMI__P__2d"),
-                           plans_manager=SimpleNamespace(plans_name="P", dataset_name="Dataset9_T"),
-                           configuration_name="2d", start_trainer="nnUNetTrainerSFDA")
-    with pytest.raises(TargetError, match=r"nnUNetTrainerSFDA__P__2d/fold_all/checkpoint_final.pth not found.*"
-                                          r"nnUNetv2_train Dataset9_T 2d all -tr nnUNetTrainerSFDA"):
-        trainers.nnUNetTrainerSFDA_selfTrainAdaMI._start_checkpoint(fake, None)
-
-
 # ------------------------------------------------------------------------------------------------- slow: no labels
-TRAIN_IN_ORDER = ["nnUNetTrainerSFDA",  # the start of nnUNetTrainerSFDA_selfTrainAdaMI
+TRAIN_IN_ORDER = ["nnUNetTrainerSFDA_AdaMI",  # the default's stage 1, which it then reuses
                   "nnUNetTrainerSFDA_consistency", "nnUNetTrainerSFDA_consistencyAdaMI", "nnUNetTrainerSFDA_coverage",
-                  "nnUNetTrainerSFDA_selfTrain", "nnUNetTrainerSFDA_selfTrainAdaMI"]
+                  "nnUNetTrainerSFDA_selfTrain", "nnUNetTrainerSFDA"]
 #: nnU-Net's own training function, the one nnUNetv2_train calls, for every trainer in one process (one torch import)
 TRAIN_ALL = ("import sys, torch\nfrom nnunetv2.run.run_training import run_training\n"
              "for name in sys.argv[2:]:\n    run_training(sys.argv[1], '2d', 'all', name, device=torch.device('cpu'))\n")
@@ -136,7 +125,7 @@ def test_no_sfda_trainer_reads_target_labels(source_model):
         folders[with_labels] = source_model.root / "res" / name
 
     source = _weights(source_model.model_folder / "fold_all" / "checkpoint_final.pth")
-    for trainer in TRAIN_IN_ORDER:  # nnUNetTrainerSFDA included: no SFDA trainer reads target labels
+    for trainer in TRAIN_IN_ORDER:  # nnUNetTrainerSFDA_AdaMI included: no SFDA trainer reads target labels
         # the label-free choice (final) and the last epoch's weights
         for checkpoint in (FINAL_CHECKPOINT, LAST_CHECKPOINT):
             path = f"{trainer}__nnUNetPlans__2d/fold_all/{checkpoint}"

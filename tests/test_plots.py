@@ -16,7 +16,7 @@ def ratio(fg1: float, fg2: float) -> dict[str, float]:
 
 
 def make_history(with_labels: bool = True) -> RunHistory:
-    h = RunHistory(trainer="nnUNetTrainerSFDA", labels=LABELS, dataset_prior=ratio(0.1, 0.02))
+    h = RunHistory(trainer="nnUNetTrainerSFDA_AdaMI", labels=LABELS, dataset_prior=ratio(0.1, 0.02))
     for i in range(3):
         train = PhaseRecord(terms={"loss": 1.0 - 0.1 * i, "entropy": 0.6 - 0.05 * i, "kl": 0.4 - 0.05 * i},
                             predicted_ratio=ratio(0.2 - 0.03 * i, 0.01 * i), loss_prior=ratio(0.08, 0.015))

@@ -28,7 +28,7 @@ def test_report_per_case_with_labels_and_its_one_line_errors(source_model, tmp_p
     root = source_model.root
     shutil.copytree(source_model.target_raw, root / "raw" / DATASET)
     env = nnunet_env(root)
-    unprepared = subprocess.run(report_command("-tr", "nnUNetTrainerSFDA"), env=env, capture_output=True, text=True,
+    unprepared = subprocess.run(report_command("-tr", "nnUNetTrainerSFDA_AdaMI"), env=env, capture_output=True, text=True,
                                 timeout=300, cwd=tmp_path)
     assert unprepared.returncode == 2 and unprepared.stderr.strip().splitlines()[-1] == (
         f"nnunet-sfda report: error: {root / 'pre' / DATASET / 'sfda_target.json'} does not exist: this dataset was "
@@ -36,18 +36,18 @@ def test_report_per_case_with_labels_and_its_one_line_errors(source_model, tmp_p
         "CONFIGURATION` first.")
     run(["nnunet-sfda", "prepare-target", "-m", str(source_model.model_folder), "-d", DATASET, "-c", "2d",
          "-np", "1"], env)
-    unadapted = subprocess.run(report_command("-tr", "nnUNetTrainerSFDA", "-o", str(tmp_path / "none")), env=env,
+    unadapted = subprocess.run(report_command("-tr", "nnUNetTrainerSFDA_AdaMI", "-o", str(tmp_path / "none")), env=env,
                                capture_output=True, text=True, timeout=300)
     assert unadapted.returncode == 2 and len(unadapted.stderr.strip().splitlines()) == 1
     assert ("fold_all/checkpoint_final.pth not found: no adapted model in " in unadapted.stderr
-            and "adapt first with `nnUNetv2_train 641 2d all -tr nnUNetTrainerSFDA`" in unadapted.stderr)
+            and "adapt first with `nnUNetv2_train 641 2d all -tr nnUNetTrainerSFDA_AdaMI`" in unadapted.stderr)
 
     run(["nnunet-sfda", "estimate-prior", "-d", DATASET, "--ratios", "0.95", "0.05"], env)
-    run(["nnUNetv2_train", DATASET, "2d", "all", "-tr", "nnUNetTrainerSFDA", "-device", "cpu"],
+    run(["nnUNetv2_train", DATASET, "2d", "all", "-tr", "nnUNetTrainerSFDA_AdaMI", "-device", "cpu"],
         {**env, **TRAIN_FAST, "nnUNet_sfda_seed": "0"})
 
     out = tmp_path / "qc"
-    proc = run(["nnunet-sfda", "report", "-d", "641", "-c", "2d", "-tr", "nnUNetTrainerSFDA", "--labels",
+    proc = run(["nnunet-sfda", "report", "-d", "641", "-c", "2d", "-tr", "nnUNetTrainerSFDA_AdaMI", "--labels",
                 str(source_model.target_labels), "-o", str(out), "-device", "cpu"], env)
     assert f"Wrote {out} (4 cases: adapted " in proc.stdout
     with open(out / CSV_FILE_NAME, newline="") as fh:
@@ -73,7 +73,7 @@ def test_report_per_case_with_labels_and_its_one_line_errors(source_model, tmp_p
     assert "Recommendations: **" in (out / MARKDOWN_FILE_NAME).read_text()
 
     # an existing report is not replaced without --overwrite; labels the dataset does not know are named
-    again = subprocess.run(report_command("-tr", "nnUNetTrainerSFDA", "-o", str(out)), env=env, capture_output=True,
+    again = subprocess.run(report_command("-tr", "nnUNetTrainerSFDA_AdaMI", "-o", str(out)), env=env, capture_output=True,
                            text=True, timeout=300)
     assert again.returncode == 2 and "holds an earlier report; pass --overwrite" in again.stderr
     bad_labels = tmp_path / "bad_labels"
@@ -83,7 +83,7 @@ def test_report_per_case_with_labels_and_its_one_line_errors(source_model, tmp_p
     wrong = sitk.GetImageFromArray(sitk.GetArrayFromImage(label) * 3)
     wrong.CopyInformation(label)
     sitk.WriteImage(wrong, str(first))
-    refused = subprocess.run(report_command("-tr", "nnUNetTrainerSFDA", "--labels", str(bad_labels), "-o",
+    refused = subprocess.run(report_command("-tr", "nnUNetTrainerSFDA_AdaMI", "--labels", str(bad_labels), "-o",
                                             str(out), "--overwrite"), env=env, capture_output=True, text=True,
                              timeout=300)
     assert refused.returncode == 2, refused.stderr
@@ -93,13 +93,13 @@ def test_report_per_case_with_labels_and_its_one_line_errors(source_model, tmp_p
     assert load_report(out / REPORT_FILE_NAME) == report  # the refused run left the earlier report as it was
 
     # -chk reports on another of the run's checkpoints; a missing one lists those the folder holds
-    missing = subprocess.run(report_command("-tr", "nnUNetTrainerSFDA", "-chk", "checkpoint_epoch_99.pth", "-o",
+    missing = subprocess.run(report_command("-tr", "nnUNetTrainerSFDA_AdaMI", "-chk", "checkpoint_epoch_99.pth", "-o",
                                             str(tmp_path / "chk")), env=env, capture_output=True, text=True,
                              timeout=300)
     assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1
     assert "checkpoint_epoch_99.pth not found (-chk checkpoint_epoch_99.pth); that folder holds: " in missing.stderr
     assert "checkpoint_last.pth" in missing.stderr and not (tmp_path / "chk").exists()
-    run(["nnunet-sfda", "report", "-d", "641", "-c", "2d", "-tr", "nnUNetTrainerSFDA", "-chk", "checkpoint_last.pth",
+    run(["nnunet-sfda", "report", "-d", "641", "-c", "2d", "-tr", "nnUNetTrainerSFDA_AdaMI", "-chk", "checkpoint_last.pth",
          "--labels", str(source_model.target_labels), "-o", str(tmp_path / "chk"), "-device", "cpu"], env)
     last = load_report(tmp_path / "chk" / REPORT_FILE_NAME)
     assert last.adapted_checkpoint.endswith("fold_all/checkpoint_last.pth") and len(last.cases) == 4

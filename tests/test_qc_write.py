@@ -23,7 +23,7 @@ def report(labels: bool = True) -> QCReport:
         return CaseRow(case=case, recommendation=recommendation, flags=flags, agreement_dice=0.4,
                        flip_agreement_source=0.9, flip_agreement_adapted=0.95, classes={"organ": organ})
 
-    return QCReport(dataset="Dataset602_T", configuration="2d", trainer="nnUNetTrainerSFDA", plans="nnUNetPlans",
+    return QCReport(dataset="Dataset602_T", configuration="2d", trainer="nnUNetTrainerSFDA_AdaMI", plans="nnUNetPlans",
                     source_checkpoint="/m/s.pth", adapted_checkpoint="/m/a.pth", images="/raw/imagesTr",
                     labels="/labels" if labels else None, prior=None, device="cpu", thresholds={"x": 1.0},
                     cases=[row("c0", "adapted", [], 40.0),

@@ -31,14 +31,14 @@ def epoch(i: int, dice: float | None = 0.5) -> EpochRecord:
 
 
 def history(n: int = 2) -> RunHistory:
-    h = RunHistory(trainer="nnUNetTrainerSFDA", labels=LABELS, dataset_prior={"background": 0.95, "organ": 0.05})
+    h = RunHistory(trainer="nnUNetTrainerSFDA_AdaMI", labels=LABELS, dataset_prior={"background": 0.95, "organ": 0.05})
     for i in range(n):
         h = h.with_epoch(epoch(i))
     return h
 
 
 def settings(**changes) -> RunSettings:
-    values = dict(trainer="nnUNetTrainerSFDA", configuration="2d", nnunet_sfda_version="0.1.0",
+    values = dict(trainer="nnUNetTrainerSFDA_AdaMI", configuration="2d", nnunet_sfda_version="0.1.0",
                   nnunet_version="2.8.1", seed=0, kl_weight=1.0, initial_lr=1e-3, optimizer="SGD(momentum=0.99)",
                   lr_scheduler="PolyLRScheduler", num_epochs=2, iterations_per_epoch=3, val_iterations=1,
                   prior={"file": "/p/sfda_prior.json", "sha256": "a" * 64, "estimator": "constant",

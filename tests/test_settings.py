@@ -45,7 +45,7 @@ def test_a_setting_the_class_does_not_accept_is_refused(monkeypatch):
     with pytest.raises(ValueError, match=r"^nnUNet_sfda_kl_weight=1: nnUNetTrainerSFDA_entropyOnly does not accept "
                                          r"this setting .*it accepts nnUNet_sfda_seed, nnUNet_sfda_lr\)"):
         load_settings({"seed", "lr"}, "nnUNetTrainerSFDA_entropyOnly")
-    assert load_settings({"seed", "kl_weight"}, "nnUNetTrainerSFDA").kl_weight == 1.0
+    assert load_settings({"seed", "kl_weight"}, "nnUNetTrainerSFDA_AdaMI").kl_weight == 1.0
 
 
 def test_a_variable_naming_no_setting_is_refused(monkeypatch):

@@ -57,7 +57,7 @@ def _history(epochs: int = 4, labels: bool = True, classes: int = 1) -> RunHisto
     def ratio(foreground: float) -> dict[str, float]:
         return {"background": 1 - classes * foreground, **{n: foreground for n in names[1:]}}
 
-    return RunHistory(trainer="nnUNetTrainerSFDA", labels=names, dataset_prior=ratio(0.1 / classes), epochs=[
+    return RunHistory(trainer="nnUNetTrainerSFDA_AdaMI", labels=names, dataset_prior=ratio(0.1 / classes), epochs=[
         {"epoch": e, "val": None,
          "train": {"terms": {"loss": 1.0 - 0.1 * e, "entropy": 0.5 - 0.1 * e, "kl": 0.3 / (e + 1)},
                    "predicted_ratio": ratio(0.1 + 0.02 * e), "loss_prior": None},

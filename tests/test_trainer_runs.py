@@ -17,15 +17,15 @@ pytestmark = pytest.mark.slow
 
 FAST = {"nnUNet_n_proc_DA": "0", **settings_env(num_epochs=2, iterations_per_epoch=2, val_iterations=1, seed=0)}
 
-# a trainer identical to nnUNetTrainerSFDA whose training loss turns NaN in epoch 1 while a file FAULT lies beside it
+# a trainer identical to nnUNetTrainerSFDA_AdaMI whose training loss turns NaN in epoch 1 while a file FAULT lies beside it
 FAULT_TRAINER = '''
 import dataclasses
 from pathlib import Path
 
-from nnunet_sfda.trainers import nnUNetTrainerSFDA
+from nnunet_sfda.trainers import nnUNetTrainerSFDA_AdaMI
 
 
-class nnUNetTrainerSFDA_faultTest(nnUNetTrainerSFDA):
+class nnUNetTrainerSFDA_faultTest(nnUNetTrainerSFDA_AdaMI):
     def _forward_terms(self, batch):
         logits, terms, prior = super()._forward_terms(batch)
         if self.current_epoch == 1 and (Path(__file__).parent / "FAULT").exists():
@@ -63,11 +63,11 @@ def test_interrupted_run_stops_on_nan_and_resumes_bit_identical(source_model, ta
     env = {**nnunet_env(root), **FAST}
 
     # the uninterrupted reference, and the records it leaves
-    run(["nnUNetv2_train", target, "2d", "all", "-tr", "nnUNetTrainerSFDA", "-device", "cpu"], env)
-    reference = root / "res" / target / "nnUNetTrainerSFDA__nnUNetPlans__2d" / "fold_all"
+    run(["nnUNetv2_train", target, "2d", "all", "-tr", "nnUNetTrainerSFDA_AdaMI", "-device", "cpu"], env)
+    reference = root / "res" / target / "nnUNetTrainerSFDA_AdaMI__nnUNetPlans__2d" / "fold_all"
     settings = load_run_settings(reference / "sfda_settings.json")
     prior_file = root / "pre" / target / "sfda_prior.json"
-    assert (settings.trainer, settings.seed, settings.kl_weight, settings.initial_lr) == ("nnUNetTrainerSFDA", 0, 1.0,
+    assert (settings.trainer, settings.seed, settings.kl_weight, settings.initial_lr) == ("nnUNetTrainerSFDA_AdaMI", 0, 1.0,
                                                                                            1e-3)
     assert (settings.num_epochs, settings.iterations_per_epoch, settings.val_iterations) == (2, 2, 1)
     assert settings.prior.sha256 == file_sha256(prior_file) and settings.prior_mode == "batch_marginal"
@@ -108,3 +108,54 @@ def test_interrupted_run_stops_on_nan_and_resumes_bit_identical(source_model, ta
     resumed_history = load_history(fold / "sfda_history.json")
     assert [e.model_dump_json() for e in resumed_history.epochs] == [e.model_dump_json() for e in history.epochs]
     assert load_run_settings(fold / "sfda_settings.json").resumed_at_epochs == [1]
+
+
+def _prepared_copy(source_model, dataset_id: int, name: str) -> str:
+    target = copy_target(source_model, dataset_id, name, with_labels=False)
+    env = nnunet_env(source_model.root)
+    run(["nnunet-sfda", "prepare-target", "-m", str(source_model.model_folder), "-d", target, "-c", "2d", "-np", "1"],
+        env)
+    run(["nnunet-sfda", "estimate-prior", "-d", target, "--ratios", "0.95", "0.05"], env)
+    return target
+
+
+def test_the_default_runs_adami_then_self_training_and_reuses_only_the_same_finished_adami_run(source_model):
+    root = source_model.root
+    env = {**nnunet_env(root), **FAST}
+    folder = {t: f"{t}__nnUNetPlans__2d/fold_all" for t in ("nnUNetTrainerSFDA", "nnUNetTrainerSFDA_AdaMI")}
+
+    # one command: stage 1 (AdaMI) in its own stock results folder, then stage 2 from its label-free choice
+    in_one = _prepared_copy(source_model, 623, "DefaultInOne")
+    proc = run(["nnUNetv2_train", in_one, "2d", "all", "-tr", "nnUNetTrainerSFDA", "-device", "cpu"], env)
+    assert "SFDA stage 1 of 2: running nnUNetTrainerSFDA_AdaMI" in proc.stdout
+    assert "SFDA stage 2 of 2: self-training from" in proc.stdout
+    stage_1, stage_2 = (root / "res" / in_one / folder[t] for t in ("nnUNetTrainerSFDA_AdaMI", "nnUNetTrainerSFDA"))
+    assert load_run_settings(stage_1 / "sfda_settings.json").trainer == "nnUNetTrainerSFDA_AdaMI"
+    assert load_history(stage_2 / "sfda_history.json").trainer == "nnUNetTrainerSFDA"
+    teacher = weights(stage_1 / "checkpoint_final.pth")
+    adapted = weights(stage_2 / "checkpoint_final.pth")
+    assert not all(torch.equal(adapted[k], teacher[k]) for k in teacher), "stage 2 did not train"
+
+    # AdaMI run first on its own, then the default: stage 1 is reused, and the result is bit-identical
+    in_two = _prepared_copy(source_model, 624, "DefaultInTwo")
+    run(["nnUNetv2_train", in_two, "2d", "all", "-tr", "nnUNetTrainerSFDA_AdaMI", "-device", "cpu"], env)
+    proc = run(["nnUNetv2_train", in_two, "2d", "all", "-tr", "nnUNetTrainerSFDA", "-device", "cpu"], env)
+    assert "SFDA stage 1 of 2: reusing the finished nnUNetTrainerSFDA_AdaMI run" in proc.stdout
+    reused = weights(root / "res" / in_two / folder["nnUNetTrainerSFDA"] / "checkpoint_final.pth")
+    assert all(torch.equal(adapted[k], reused[k]) for k in adapted)
+
+    # a finished AdaMI run with other settings is refused, never overwritten
+    adami_final = root / "res" / in_two / folder["nnUNetTrainerSFDA_AdaMI"] / "checkpoint_final.pth"
+    before = adami_final.read_bytes()
+    refused = train({**env, **settings_env(lr=0.01)}, in_two, "nnUNetTrainerSFDA")
+    assert refused.returncode != 0
+    assert "holds a finished nnUNetTrainerSFDA_AdaMI run that is not the one stage 1 of nnUNetTrainerSFDA would " \
+           "train (initial_lr: 0.001 → 0.01); it is not overwritten" in refused.stderr
+    assert adami_final.read_bytes() == before
+
+    # an unfinished stage 1 is continued by --c only
+    (adami_final.parent / "checkpoint_latest.pth").write_bytes(b"")
+    unfinished = train(env, in_two, "nnUNetTrainerSFDA")
+    assert unfinished.returncode != 0
+    assert "holds an unfinished nnUNetTrainerSFDA_AdaMI run (stage 1 of nnUNetTrainerSFDA): continue it with --c" \
+        in unfinished.stderr

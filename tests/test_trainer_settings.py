@@ -8,7 +8,7 @@ from nnunet_sfda.settings import SFDASettings, load_settings
 
 ALL = frozenset(SFDASettings.model_fields)
 EXPECTED = {  # class -> (refused settings, (initial_lr, num_epochs, iterations, val iterations, λ))
-    "nnUNetTrainerSFDA": (set(), (1e-3, 12, 25, 5, 1.0)),
+    "nnUNetTrainerSFDA_AdaMI": (set(), (1e-3, 12, 25, 5, 1.0)),
     "nnUNetTrainerSFDA_perSample": (set(), (1e-3, 12, 25, 5, 1.0)),
     "nnUNetTrainerSFDA_batchMarginal": (set(), (1e-3, 12, 25, 5, 1.0)),
     "nnUNetTrainerSFDA_trueSize": (set(), (1e-3, 12, 25, 5, 1.0)),
@@ -19,7 +19,7 @@ EXPECTED = {  # class -> (refused settings, (initial_lr, num_epochs, iterations,
     "nnUNetTrainerSFDA_consistency": ({"kl_weight"}, (3e-4, 12, 25, 5, 0.0)),
     "nnUNetTrainerSFDA_consistencyAdaMI": (set(), (1e-3, 12, 25, 5, 1.0)),
     "nnUNetTrainerSFDA_selfTrain": (set(), (1e-3, 12, 25, 5, 1.0)),
-    "nnUNetTrainerSFDA_selfTrainAdaMI": (set(), (1e-3, 12, 25, 5, 1.0)),
+    "nnUNetTrainerSFDA": (set(), (1e-3, 12, 25, 5, 1.0)),  # each of its two stages
     "nnUNetTrainerSFDA_coverage": (set(), (1e-3, 12, 25, 5, 1.0)),
 }
 

@@ -82,7 +82,8 @@ def run_demo(work: Path, overwrite: bool = False, device: str = "cpu", seed: int
     runner.run("estimate-prior: organ volumes of the source labels, applied to each target image",
                ["nnunet-sfda", "estimate-prior", "-d", tgt, "--labels", str(layout.source_dir / "labelsTr")],
                "estimate_prior")
-    runner.run("adapting with nnUNetTrainerSFDA (no source data; target labels only for the monitoring Dice)",
+    runner.run("adapting with nnUNetTrainerSFDA: AdaMI, then self-training (no source data; target labels only "
+               "for the monitoring Dice)",
                ["nnUNetv2_train", tgt, CONFIGURATION, "all", "-tr", "nnUNetTrainerSFDA", "-device", device],
                "adapt", train_env)
     runner.run("adapted prediction on the target test cases",
@@ -108,7 +109,9 @@ def run_demo(work: Path, overwrite: bool = False, device: str = "cpu", seed: int
     print(f"  source only : {before:.3f}")
     print(f"  adapted     : {after:.3f}   ({after - before:+.3f})  label-free choice, checkpoint_final.pth")
     print(f"  last epoch  : {last:.3f}   ({last - before:+.3f})  -chk {LAST_CHECKPOINT_FILE_NAME}")
-    print(f"Adaptation curves: {res / layout.target_dataset_name}/nnUNetTrainerSFDA__nnUNetPlans__{CONFIGURATION}"
-          f"/fold_all/sfda_progress.png")
+    runs = res / layout.target_dataset_name
+    print(f"Adaptation curves: {runs}/nnUNetTrainerSFDA_AdaMI__nnUNetPlans__{CONFIGURATION}/fold_all/"
+          f"sfda_progress.png (stage 1, AdaMI) and {runs}/nnUNetTrainerSFDA__nnUNetPlans__{CONFIGURATION}/fold_all/"
+          "sfda_progress.png (stage 2, self-training)")
     print(f"Results: {results_file}  ({seconds / 60:.1f} min)")
     return DemoResult(before, after, last, seconds, results_file)

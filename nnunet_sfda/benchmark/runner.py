@@ -8,10 +8,15 @@ gets training cases (unlabelled for adaptation) and separate test cases that no 
 ``source_only``          the source model applied as is
 ``entropy_only``         ``nnUNetTrainerSFDA_entropyOnly`` (λ = 0; the AdaEnt baseline)
 ``tent``                 ``nnUNetTrainerSFDA_tent`` (entropy, normalisation affine parameters only)
-``adami``                ``nnUNetTrainerSFDA`` in its default mode with the estimated prior
+``adami``                ``nnUNetTrainerSFDA_AdaMI`` in its default mode with the estimated prior
 ``adami_per_sample``     ``nnUNetTrainerSFDA_perSample``
 ``adami_batch_marginal`` ``nnUNetTrainerSFDA_batchMarginal``
 ``adami_true_size``      ``nnUNetTrainerSFDA_trueSize`` with the target's true ratios (analysis upper bound)
+``adami_coverage``       ``nnUNetTrainerSFDA_coverage`` (coverage-weighted crop ratios)
+``consistency``          ``nnUNetTrainerSFDA_consistency`` (two-view soft-Dice agreement, DG-TTA's objective)
+``consistency_adami``    ``nnUNetTrainerSFDA_consistencyAdaMI``
+``self_training``        ``nnUNetTrainerSFDA_selfTrain`` (from the source model)
+``adami_self_training``  ``nnUNetTrainerSFDA``, the default: AdaMI, then self-training (stage 1 is ``adami``'s run)
 ``oracle``               stock supervised training on the target training cases with their labels, source plans,
                          as many iterations as the source model had (upper bound)
 =======================  ===========================================================================================

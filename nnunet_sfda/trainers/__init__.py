@@ -1,8 +1,8 @@
 """nnU-Net trainers for source-free adaptation; found by the stock commands through ``nnUNet_extTrainer``."""
 from nnunet_sfda.trainers.consistency import nnUNetTrainerSFDA_consistency, nnUNetTrainerSFDA_consistencyAdaMI
 from nnunet_sfda.trainers.coverage import nnUNetTrainerSFDA_coverage
-from nnunet_sfda.trainers.self_training import nnUNetTrainerSFDA_selfTrain, nnUNetTrainerSFDA_selfTrainAdaMI
-from nnunet_sfda.trainers.sfda import nnUNetTrainerSFDA
+from nnunet_sfda.trainers.self_training import nnUNetTrainerSFDA, nnUNetTrainerSFDA_selfTrain
+from nnunet_sfda.trainers.sfda import nnUNetTrainerSFDA_AdaMI
 from nnunet_sfda.trainers.source import nnUNetTrainer_sfdaShort
 from nnunet_sfda.trainers.variants import (
     nnUNetTrainerSFDA_Adam,
@@ -15,6 +15,7 @@ from nnunet_sfda.trainers.variants import (
 
 __all__ = [
     "nnUNetTrainerSFDA",
+    "nnUNetTrainerSFDA_AdaMI",
     "nnUNetTrainerSFDA_Adam",
     "nnUNetTrainerSFDA_batchMarginal",
     "nnUNetTrainerSFDA_consistency",
@@ -23,7 +24,6 @@ __all__ = [
     "nnUNetTrainerSFDA_entropyOnly",
     "nnUNetTrainerSFDA_perSample",
     "nnUNetTrainerSFDA_selfTrain",
-    "nnUNetTrainerSFDA_selfTrainAdaMI",
     "nnUNetTrainerSFDA_tent",
     "nnUNetTrainerSFDA_trueSize",
     "nnUNetTrainer_sfdaShort",

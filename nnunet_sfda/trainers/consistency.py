@@ -22,7 +22,7 @@ from torch import autocast
 
 from nnunet_sfda.augmentation import AppearanceAugment, SpatialAugment, SpatialView, TwoViews, ViewPair
 from nnunet_sfda.losses import AdaMITerms, ConsistencyTerms, ViewConsistencyLoss
-from nnunet_sfda.trainers.sfda import nnUNetTrainerSFDA
+from nnunet_sfda.trainers.sfda import nnUNetTrainerSFDA_AdaMI
 
 __all__ = ["StepTerms", "nnUNetTrainerSFDA_consistency", "nnUNetTrainerSFDA_consistencyAdaMI"]
 
@@ -74,7 +74,7 @@ def identity_view(images: torch.Tensor) -> SpatialView:
                        theta=None)
 
 
-class nnUNetTrainerSFDA_consistency(_RecordsExtraTerms, nnUNetTrainerSFDA):
+class nnUNetTrainerSFDA_consistency(_RecordsExtraTerms, nnUNetTrainerSFDA_AdaMI):
     """DG-TTA's objective (Weihsbach et al., Sensors 2025): ``1 - soft Dice`` between two augmented views mapped back
     to one frame; all parameters, AdamW, constant learning rate, AdaMI's iteration budget (12 × 25).
 
@@ -88,7 +88,7 @@ class nnUNetTrainerSFDA_consistency(_RecordsExtraTerms, nnUNetTrainerSFDA):
 
     initial_lr = 3e-4
     kl_weight = 0.0
-    accepted_settings = nnUNetTrainerSFDA.accepted_settings - {"kl_weight"}
+    accepted_settings = nnUNetTrainerSFDA_AdaMI.accepted_settings - {"kl_weight"}
     affine_strength: float = 0.05  # DG-TTA's get_rand_affine
     appearance: AppearanceAugment | None = AppearanceAugment()
     consistency_weight: float = 1.0
@@ -129,15 +129,15 @@ class nnUNetTrainerSFDA_consistencyAdaMI(nnUNetTrainerSFDA_consistency):
     one augmented view mapped back.
 
     View A is the loader's batch itself (no spatial, no appearance change), so the AdaMI term is exactly
-    ``nnUNetTrainerSFDA``'s on the same batch (the per-patch prior keeps its meaning: nothing moved or rescaled the
+    ``nnUNetTrainerSFDA_AdaMI``'s on the same batch (the per-patch prior keeps its meaning: nothing moved or rescaled the
     anatomy) and the agreement with view B is the only addition; the step costs the same two-image forward as the
     consistency trainer. Optimizer, learning rate and λ are AdaMI's (SGD 1e-3 with poly decay, λ = 1), so the
-    difference to ``nnUNetTrainerSFDA`` is the consistency term alone.
+    difference to ``nnUNetTrainerSFDA_AdaMI`` is the consistency term alone.
     """
 
     initial_lr = 1e-3
     kl_weight = 1.0
-    accepted_settings = nnUNetTrainerSFDA.accepted_settings
+    accepted_settings = nnUNetTrainerSFDA_AdaMI.accepted_settings
     configure_optimizers = nnUNetTrainer.configure_optimizers  # AdaMI's (nnU-Net's SGD, poly decay)
 
     def _views(self, data: torch.Tensor) -> ViewPair:

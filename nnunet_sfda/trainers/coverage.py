@@ -26,7 +26,7 @@ from nnunet_sfda.losses import AdaMITerms, coverage_weighted_ratio, default_clas
     weighted_entropy_map
 from nnunet_sfda.priors import ClassRatioPrior
 from nnunet_sfda.priors.coverage import CropSampling
-from nnunet_sfda.trainers.sfda import nnUNetTrainerSFDA
+from nnunet_sfda.trainers.sfda import nnUNetTrainerSFDA_AdaMI
 
 __all__ = ["coverage_prior_and_weights", "coverage_terms", "nnUNetTrainerSFDA_coverage"]
 
@@ -48,7 +48,7 @@ def coverage_prior_and_weights(prior: ClassRatioPrior, keys: Sequence[str], boxe
     return np.mean(priors, axis=0), np.stack(weights)
 
 
-class nnUNetTrainerSFDA_coverage(nnUNetTrainerSFDA):
+class nnUNetTrainerSFDA_coverage(nnUNetTrainerSFDA_AdaMI):
     """Batch-marginal AdaMI whose predicted ratio is coverage-weighted, so random crops estimate their cases' ratio."""
 
     prior_mode = "batch_marginal"

@@ -114,7 +114,7 @@ def save_inference_checkpoint(path: str | Path, weights: dict[str, torch.Tensor]
 
 
 class LabelFreeChoice:
-    """The label-free checkpoint choice of :class:`~nnunet_sfda.trainers.sfda.nnUNetTrainerSFDA` (one concern, kept
+    """The label-free checkpoint choice of :class:`~nnunet_sfda.trainers.sfda.nnUNetTrainerSFDA_AdaMI` (one concern, kept
     apart from the adaptation): its settings as class attributes, the fixed scoring patches, scoring the source and
     each epoch, applying the rule, the log lines and the closing summary. It uses the trainer's network, prior
     (``sfda_prior``), history (``sfda_history``) and loader (``_plain_loader``)."""

@@ -1,4 +1,8 @@
-"""nnUNetTrainerSFDA: AdaMI source-free adaptation of a trained nnU-Net, run by the stock ``nnUNetv2_train``.
+"""nnUNetTrainerSFDA_AdaMI: AdaMI source-free adaptation of a trained nnU-Net, run by the stock ``nnUNetv2_train``;
+the base of every SFDA trainer, and stage 1 of the default, ``nnUNetTrainerSFDA`` (AdaMI, then self-training).
+
+Not the paper's exact setup (Bateson et al. adapt with Adam): nnU-Net's SGD at lr 1e-3 with poly decay, and
+batch-marginal class ratios where the prior has no per-slice ratios (see *Prior mode*).
 
 Choices, and why:
 
@@ -82,6 +86,7 @@ from nnunet_sfda.records import (
     RunSettings,
     epoch_checkpoint_file_name,
     history_from_content,
+    load_run_settings,
     resume_conflicts,
     save_history,
     save_run_settings,
@@ -114,14 +119,16 @@ from nnunet_sfda.prepared import (
     check_weights_match,
     file_sha256,
     load_checkpoint_weights,
+    read_checkpoint,
     read_source_checkpoint,
+    record_path,
 )
 
 LATEST_CHECKPOINT = "checkpoint_latest.pth"
 CHOICE_KEY = "nnunet_sfda_choice"  # in checkpoint_final.pth: the CheckpointChoice it holds
 
 
-class nnUNetTrainerSFDA(LabelFreeChoice, nnUNetTrainer):
+class nnUNetTrainerSFDA_AdaMI(LabelFreeChoice, nnUNetTrainer):
     """AdaMI: class-weighted entropy + λ·KL(predicted class ratio ‖ prior class ratio), no source data."""
 
     # hyperparameters; the nnUNet_sfda_* variables named in accepted_settings override them (see settings.py)
@@ -158,7 +165,7 @@ class nnUNetTrainerSFDA(LabelFreeChoice, nnUNetTrainer):
         self._candidate: dict[str, torch.Tensor] | None = None  # the chosen candidate's weights, unless the latest
         self._collapse_reported = False
         if self.label_manager.has_regions:
-            raise ValueError("nnUNetTrainerSFDA needs softmax outputs; region-based label sets (sigmoid) have class "
+            raise ValueError("nnUNetTrainerSFDA_AdaMI needs softmax outputs; region-based label sets (sigmoid) have class "
                              "ratios that do not sum to 1")
 
     # ---------------------------------------------------------------------------------------------- setup
@@ -283,6 +290,31 @@ class nnUNetTrainerSFDA(LabelFreeChoice, nnUNetTrainer):
     def _effective_settings(self) -> RunSettings:
         prior = prior_used(self.prior_file(), self.sfda_prior, file_sha256(self.prior_file()))
         return effective_settings(self, self.sfda_settings, prior, self.resolved_prior_mode)
+
+    def finished_run_differences(self) -> list[str] | None:
+        """Whether the output folder already holds this trainer's finished run: None when it holds no finished run
+        (nothing, or an interrupted one), else how that run differs from what this trainer would train now (the
+        settings the trainer records, and a target prepared again since); an empty list is the same run, done."""
+        folder = Path(self.output_folder)
+        final = folder / FINAL_CHECKPOINT
+        if not final.is_file() or (folder / LATEST_CHECKPOINT).is_file():
+            return None
+        differences = []
+        trainer = read_checkpoint(final).get("trainer_name")
+        if trainer != type(self).__name__:
+            differences.append(f"{final.name} was written by {trainer}")
+        if not self.was_initialized:
+            self.initialize()  # the recorded settings name the optimizer
+        self.sfda_prior = self._load_prior()
+        recorded = load_run_settings(folder / SETTINGS_FILE_NAME)
+        current = self._effective_settings()
+        differences += resume_conflicts(recorded, current)
+        if recorded.num_epochs != current.num_epochs:
+            differences.append(f"num_epochs: {recorded.num_epochs} → {current.num_epochs}")
+        record = record_path(Path(self.preprocessed_dataset_folder_base))
+        if record.stat().st_mtime > final.stat().st_mtime:
+            differences.append(f"the target was prepared again after this run ({record} is newer)")
+        return differences
 
     def _continue_run(self, current: RunSettings) -> None:
         """Take the history and settings of the checkpoint --c loaded; refuse what would not continue that run."""

@@ -6,32 +6,32 @@ from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from torch import nn
 
 from nnunet_sfda.losses import AdaMILoss
-from nnunet_sfda.trainers.sfda import nnUNetTrainerSFDA
+from nnunet_sfda.trainers.sfda import nnUNetTrainerSFDA_AdaMI
 
 _NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 
 
-class nnUNetTrainerSFDA_perSample(nnUNetTrainerSFDA):
+class nnUNetTrainerSFDA_perSample(nnUNetTrainerSFDA_AdaMI):
     """Each image's predicted ratio against its own prior (per slice / per case where the prior file has them)."""
 
     prior_mode = "per_sample"
 
 
-class nnUNetTrainerSFDA_batchMarginal(nnUNetTrainerSFDA):
+class nnUNetTrainerSFDA_batchMarginal(nnUNetTrainerSFDA_AdaMI):
     """The batch's mean predicted ratio against the dataset ratio: robust when patches are crops of the image."""
 
     prior_mode = "batch_marginal"
 
 
-class nnUNetTrainerSFDA_entropyOnly(nnUNetTrainerSFDA):
+class nnUNetTrainerSFDA_entropyOnly(nnUNetTrainerSFDA_AdaMI):
     """λ = 0: entropy minimisation alone (the AdaEnt baseline); it tends to collapse toward the dominant class.
     ``nnUNet_sfda_kl_weight`` is refused: with any other λ this would be AdaMI under the entropy-only name."""
 
     kl_weight = 0.0
-    accepted_settings = nnUNetTrainerSFDA.accepted_settings - {"kl_weight"}
+    accepted_settings = nnUNetTrainerSFDA_AdaMI.accepted_settings - {"kl_weight"}
 
 
-class nnUNetTrainerSFDA_Adam(nnUNetTrainerSFDA):
+class nnUNetTrainerSFDA_Adam(nnUNetTrainerSFDA_AdaMI):
     """Adam, as the reference implementation: the AdaMI loss is small (about 1e-2) near a good solution, and Adam's
     steps do not scale with the gradient's size the way SGD's do. Constant learning rate (``nnUNet_sfda_lr``)."""
 
@@ -42,14 +42,14 @@ class nnUNetTrainerSFDA_Adam(nnUNetTrainerSFDA):
         return optimizer, torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
 
 
-class nnUNetTrainerSFDA_trueSize(nnUNetTrainerSFDA):
+class nnUNetTrainerSFDA_trueSize(nnUNetTrainerSFDA_AdaMI):
     """Analysis only: accepts a true-size prior (measured on the target's own labels) to bound what a perfect prior
     could give. Never an adaptation method: it needs target labels."""
 
     accepts_true_size_prior = True
 
 
-class nnUNetTrainerSFDA_tent(nnUNetTrainerSFDA):
+class nnUNetTrainerSFDA_tent(nnUNetTrainerSFDA_AdaMI):
     """TENT (Wang et al., ICLR 2021): plain Shannon entropy, updating only the normalisation layers' affine
     parameters (scale and shift); every other weight is frozen.
 
@@ -60,7 +60,7 @@ class nnUNetTrainerSFDA_tent(nnUNetTrainerSFDA):
     """
 
     kl_weight = 0.0
-    accepted_settings = nnUNetTrainerSFDA.accepted_settings - {"kl_weight"}
+    accepted_settings = nnUNetTrainerSFDA_AdaMI.accepted_settings - {"kl_weight"}
 
     def _build_loss(self):
         num_classes = self.label_manager.num_segmentation_heads
