@@ -133,16 +133,18 @@ def test_the_default_runs_adami_then_self_training_and_reuses_only_the_same_fini
     assert load_run_settings(stage_1 / "sfda_settings.json").trainer == "nnUNetTrainerSFDA_AdaMI"
     assert load_history(stage_2 / "sfda_history.json").trainer == "nnUNetTrainerSFDA"
     teacher = weights(stage_1 / "checkpoint_final.pth")
-    adapted = weights(stage_2 / "checkpoint_final.pth")
-    assert not all(torch.equal(adapted[k], teacher[k]) for k in teacher), "stage 2 did not train"
+    # checkpoint_final holds stage 2's label-free choice, which may be its start (the teacher); the last epoch trained
+    last = weights(stage_2 / "checkpoint_last.pth")
+    assert not all(torch.equal(last[k], teacher[k]) for k in teacher), "stage 2 did not train"
 
     # AdaMI run first on its own, then the default: stage 1 is reused, and the result is bit-identical
     in_two = _prepared_copy(source_model, 624, "DefaultInTwo")
     run(["nnUNetv2_train", in_two, "2d", "all", "-tr", "nnUNetTrainerSFDA_AdaMI", "-device", "cpu"], env)
     proc = run(["nnUNetv2_train", in_two, "2d", "all", "-tr", "nnUNetTrainerSFDA", "-device", "cpu"], env)
     assert "SFDA stage 1 of 2: reusing the finished nnUNetTrainerSFDA_AdaMI run" in proc.stdout
-    reused = weights(root / "res" / in_two / folder["nnUNetTrainerSFDA"] / "checkpoint_final.pth")
-    assert all(torch.equal(adapted[k], reused[k]) for k in adapted)
+    for name in ("checkpoint_last.pth", "checkpoint_final.pth"):
+        a, b = weights(stage_2 / name), weights(root / "res" / in_two / folder["nnUNetTrainerSFDA"] / name)
+        assert all(torch.equal(a[k], b[k]) for k in a), name
 
     # a finished AdaMI run with other settings is refused, never overwritten
     adami_final = root / "res" / in_two / folder["nnUNetTrainerSFDA_AdaMI"] / "checkpoint_final.pth"
