@@ -212,10 +212,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p.add_argument("--preset", default="quick", choices=list(PRESETS),
                    help="; ".join(f"{preset.name}: {preset.note}" for preset in PRESETS.values()))
-    from nnunet_sfda.benchmark.methods import METHODS, PEERS
+    from nnunet_sfda.benchmark.methods import DEFAULT_METHODS, METHODS, PEERS
 
     ours = ", ".join(m for m in METHODS if m not in PEERS)
-    p.add_argument("--methods", default=None, help=f"comma-separated subset (default: all): {ours}")
+    p.add_argument("--methods", default=None,
+                   help=f"all, or comma-separated (default: {','.join(DEFAULT_METHODS)}): {ours}")
     p.add_argument("--shifts", default=None, help="default, all, or comma-separated shift families")
     p.add_argument("--peers", default=None, help=f"other projects' methods to add: {', '.join(PEERS)} (3d presets)")
     p.add_argument("--dgtta-python", default=".venv-dgtta/bin/python", metavar="PYTHON",

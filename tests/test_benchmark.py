@@ -29,7 +29,9 @@ from nnunet_sfda.output_folder import MARKER_FILE_NAME, claim_output_folder
 
 
 def test_parse_methods_keeps_canonical_order_and_names_unknown_ones():
-    assert parse_methods(None) == parse_methods("all") == [m for m in METHODS if m not in PEERS]
+    assert parse_methods("all") == [m for m in METHODS if m not in PEERS]
+    # without --methods: AdaMI alone and the default side by side, the consistency baseline, and both bounds
+    assert parse_methods(None) == ["source_only", "adami", "consistency", "adami_self_training", "oracle"]
     assert parse_methods("oracle, adami,source_only") == ["source_only", "adami", "oracle"]
     with pytest.raises(ValueError, match="unknown method adami_v2; known: source_only, entropy_only, tent"):
         parse_methods("adami,adami_v2")

@@ -44,13 +44,17 @@ METHODS: dict[str, Method] = {m.name: m for m in (
 )}
 #: the peers ``--peers`` may add
 PEERS: tuple[str, ...] = tuple(m.name for m in METHODS.values() if m.peer)
+#: what runs without ``--methods``: the old default and the new one side by side, the strongest baseline, and the
+#: two bounds (the quick preset's 30-minute budget on a 2-core CPU; ``all`` runs every method)
+DEFAULT_METHODS: tuple[str, ...] = ("source_only", "adami", "consistency", "adami_self_training", "oracle")
 
 
 def parse_methods(text: str | None, peers: str | None = None) -> list[str]:
-    """``"adami,oracle"`` → the methods in canonical order; None → all of ours; ``peers`` (``"dgtta"``) adds peers.
-    Unknown names list the known ones."""
+    """``"adami,oracle"`` → the methods in canonical order; None → :data:`DEFAULT_METHODS`; ``"all"`` → all of
+    ours; ``peers`` (``"dgtta"``) adds peers. Unknown names list the known ones."""
     ours = [m for m in METHODS if not METHODS[m].peer]
-    wanted = ours if text is None or text == "all" else [m.strip() for m in text.split(",") if m.strip()]
+    wanted = (list(DEFAULT_METHODS) if text is None else ours if text == "all"
+              else [m.strip() for m in text.split(",") if m.strip()])
     unknown = [m for m in wanted if m not in ours]
     if unknown:
         raise ValueError(f"unknown method{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; known: "
@@ -68,4 +72,4 @@ def ordered_methods(names) -> list[str]:
     return [m for m in METHODS if m in names] + [m for m in names if m not in METHODS]
 
 
-__all__ = ["METHODS", "Method", "PEERS", "SOURCE_TRAINER", "ordered_methods", "parse_methods"]
+__all__ = ["DEFAULT_METHODS", "METHODS", "Method", "PEERS", "SOURCE_TRAINER", "ordered_methods", "parse_methods"]
