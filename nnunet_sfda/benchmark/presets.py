@@ -47,7 +47,7 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
     Preset("micro", 4, 3, 2, "2d", 1, 4, 1, 3, 1, phantom={"shape": (6, 40, 40)},
            note="smoke test only: numbers mean nothing"),
     Preset("quick", 10, 10, 6, "2d", 3, 50, 12, 25, 5,
-           note="the demo's size; its 8 methods of 2026-11-28 took 16.5 min on an idle 2-core CPU"),
+           note="the demo's size; the 5 methods run without --methods took 18.9 min on an idle 2-core CPU"),
     Preset("quick3d", 10, 10, 6, "3d_fullres", 3, 50, 12, 25, 5,
            note="the quick data in 3d_fullres: every method, and the DG-TTA peer, adapts one 3d source model",
            dgtta_budget=(4, 8, 1)),
