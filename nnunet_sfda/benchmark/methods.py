@@ -53,8 +53,12 @@ def parse_methods(text: str | None, peers: str | None = None) -> list[str]:
     """``"adami,oracle"`` → the methods in canonical order; None → :data:`DEFAULT_METHODS`; ``"all"`` → all of
     ours; ``peers`` (``"dgtta"``) adds peers. Unknown names list the known ones."""
     ours = [m for m in METHODS if not METHODS[m].peer]
-    wanted = (list(DEFAULT_METHODS) if text is None else ours if text == "all"
-              else [m.strip() for m in text.split(",") if m.strip()])
+    if text is None:
+        wanted = list(DEFAULT_METHODS)
+    elif text == "all":
+        wanted = ours
+    else:
+        wanted = [m.strip() for m in text.split(",") if m.strip()]
     unknown = [m for m in wanted if m not in ours]
     if unknown:
         raise ValueError(f"unknown method{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; known: "
