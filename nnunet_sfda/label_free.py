@@ -27,15 +27,18 @@ so that a trainer need only keep the best-so-far candidate's weights:
    range at candidate i - 1 is outside it now (unless ``range_exit_is_collapse`` is off: then only that candidate is
    out of the running, and a run that comes back inside the range can still be chosen later), or when the choice
    score fell at each of the last ``patience`` candidates by more than ``min_fall`` in all (a drift of a few
-   thousandths is not a collapse). From the collapse on, no candidate is chosen (the choice falls on the best one
-   before it).
+   thousandths is not a collapse), or, where a ``max_drop`` is set, when the score lies more than that below the
+   best earlier candidate's (a slow drift that never falls fast enough for the first test). From the collapse on,
+   no candidate is chosen (the choice falls on the best one before it).
 2. **Choice.** Among the candidates before any collapse whose classes are all inside their plausible ranges and whose
    score is finite, ``prefer="last"`` takes the latest (the trained result, unless the guard says it went wrong) and
    ``prefer="score"`` the one with the highest choice score (the earliest on a tie). With none, the source.
 
-The trainers use ``"last"``, no collapse on a range exit and ``min_fall`` 0.01: on the development seed (5 runs,
-every epoch's test Dice; docs/results.md) that chose within 0.02 of the best epoch in 5 of 5 runs, ranking by the
-choice score in at most 2.
+The trainers use ``"last"``, no collapse on a range exit, ``min_fall`` 0.01 and no ``max_drop``. On the first
+development runs (5 runs, every epoch's test Dice; docs/results.md) that rule chose within 0.02 of the best epoch in
+5 of 5, ranking by the choice score in at most 2. On the six development runs kept in docs/evidence/choice/ every
+``max_drop`` tried chose worse: it fires on the early dips of runs that end well, and the slow drift it was meant for
+leaves the flip agreement flat.
 """
 from __future__ import annotations
 
@@ -206,12 +209,19 @@ class Choice:
 
 
 def _collapse_reason(candidates: Sequence[Candidate], i: int, patience: int, names: Sequence[str],
-                     min_fall: float, range_exit_is_collapse: bool) -> str | None:
+                     min_fall: float, range_exit_is_collapse: bool, max_drop: float | None) -> str | None:
     if i == 0:
         return None
     left = [c for c in candidates[i].implausible if c not in candidates[i - 1].implausible]
     if left and range_exit_is_collapse:
         return f"{', '.join(left)} left the plausible range at {names[i]}"
+    if max_drop is not None and math.isfinite(candidates[i].score):
+        earlier = [(c.score, j) for j, c in enumerate(candidates[:i]) if math.isfinite(c.score)]
+        if earlier:
+            peak, at = max(earlier)
+            if peak - candidates[i].score > max_drop:
+                return (f"the choice score fell {peak - candidates[i].score:.3f} below its best ({peak:.3f} at "
+                        f"{names[at]}) by {names[i]}")
     if i >= patience:
         scores = [candidates[j].score for j in range(i - patience, i + 1)]
         if (all(math.isfinite(s) for s in scores) and all(b < a for a, b in zip(scores, scores[1:]))
@@ -241,12 +251,15 @@ DEFAULT_RANGE_EXIT_IS_COLLAPSE = False
 
 
 def choose(candidates: Sequence[Candidate], patience: int, names: Sequence[str] | None = None,
-           prefer: str = "score", min_fall: float = 0.0, range_exit_is_collapse: bool = True) -> Choice:
+           prefer: str = "score", min_fall: float = 0.0, range_exit_is_collapse: bool = True,
+           max_drop: float | None = None) -> Choice:
     """The label-free choice and the collapse guard (the rule in the module docstring), over ``candidates`` in
     order, the source first. ``names`` name them in the reasons (default ``candidate i``); ``prefer`` is ``"score"``
     (the highest choice score) or ``"last"`` (the latest eligible candidate); ``min_fall``: how much the score must
     fall in all over ``patience`` falls in a row to count as a collapse; ``range_exit_is_collapse``: whether a class
-    leaving its plausible range is a collapse (no later candidate chosen) or only makes that candidate ineligible.
+    leaving its plausible range is a collapse (no later candidate chosen) or only makes that candidate ineligible;
+    ``max_drop``: a candidate whose score lies more than this below the best earlier one is a collapse too, however
+    slowly it got there (None: no such guard).
 
     Online: the choice over the first n + 1 candidates is either the choice over the first n or candidate n, so a
     trainer holding only the best-so-far weights can always provide the chosen ones.
@@ -259,7 +272,8 @@ def choose(candidates: Sequence[Candidate], patience: int, names: Sequence[str] 
     best = collapse_at = collapse_reason = None
     for i, candidate in enumerate(candidates):
         if collapse_at is None:
-            collapse_reason = _collapse_reason(candidates, i, patience, names, min_fall, range_exit_is_collapse)
+            collapse_reason = _collapse_reason(candidates, i, patience, names, min_fall, range_exit_is_collapse,
+                                               max_drop)
             if collapse_reason is not None:
                 collapse_at = i
         if collapse_at is not None:

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from nnunet_sfda.benchmark.commands import console_script, nnunet_env
+from nnunet_sfda.benchmark.commands import console_script, nnunet_env, training_env
 from nnunet_sfda.benchmark.demo import run_demo
 from nnunet_sfda.benchmark.methods import METHODS, PEERS, parse_methods
 from nnunet_sfda.benchmark.presets import preset_named
@@ -52,6 +52,19 @@ def test_the_dgtta_peer_needs_a_3d_preset_and_its_environment(tmp_path):
     with pytest.raises(RuntimeError, match="no DG-TTA environment at .*missing/python: run `bash "
                                            "scripts/setup_dgtta.sh` or pass --dgtta-python"):
         bench._run_dgtta("default", "Dataset701_BenchSource", tmp_path / "data", tmp_path / "run")
+
+
+def test_only_training_commands_get_the_callers_augmentation_workers(tmp_path, monkeypatch):
+    # a user who exported nnUNet_n_proc_DA=0 for training (the README's advice on a small CPU): nnU-Net's planner
+    # crashes with it (torch.set_num_threads(0)), so the demo's and the benchmark's planning must not see it
+    monkeypatch.setenv("nnUNet_n_proc_DA", "0")
+    assert "nnUNet_n_proc_DA" not in nnunet_env(tmp_path)
+    assert training_env() == {"nnUNet_n_proc_DA": "0"}
+    monkeypatch.setenv("nnUNet_n_proc_DA", "3")
+    assert training_env() == {"nnUNet_n_proc_DA": "3"} and "nnUNet_n_proc_DA" not in nnunet_env(tmp_path)
+    monkeypatch.delenv("nnUNet_n_proc_DA")
+    assert training_env() == {"nnUNet_n_proc_DA": "0"}  # none set: no worker processes
+    assert nnunet_env(tmp_path, nnUNet_n_proc_DA="2")["nnUNet_n_proc_DA"] == "2"  # asked for explicitly: kept
 
 
 def test_gap_closure():

@@ -67,6 +67,10 @@ def test_rules_are_replayed_and_goals_counted():
     # a heavy source weight keeps the source where the source agreement dominates the score
     assert rising.chosen_by(Rule("score", source_weight=10.0)) == 0
     assert Rule("score", 0.25).name == "score(w=0.25)" and Rule().name == "last"
+    # a maximum drop below the best earlier score replays as the trainers would run it
+    drifting = run_candidates("drifting", history([0.9, 0.89, 0.87]), {"source": 0.8, "0": 0.79, "1": 0.76})
+    assert drifting.chosen_by(Rule("last")) == 2 and drifting.chosen_by(Rule("last", max_drop=0.02)) == 1
+    assert Rule("last", 0.25, max_drop=0.02).name == "last(w=0.25), drop>0.02"
 
 
 def test_run_candidates_is_a_plain_record():

@@ -115,6 +115,22 @@ def test_a_score_falling_patience_times_in_a_row_is_a_collapse():
     assert choose([Candidate(s) for s in scores], patience=3, min_fall=0.029).collapse_at == 4
 
 
+def test_a_slow_drift_below_the_best_earlier_score_is_a_collapse_only_with_a_maximum_drop():
+    # a drift with a plateau in it: never three falls in a row, 0.03 below the source's score by candidate 5
+    scores = [0.90, 0.895, 0.89, 0.89, 0.88, 0.87, 0.875]
+    names = ["source", *map(str, range(6))]
+    assert choose([Candidate(s) for s in scores], patience=3, prefer="last", min_fall=0.01).collapse_at is None
+    c = choose([Candidate(s) for s in scores], patience=3, names=names, prefer="last", min_fall=0.01, max_drop=0.015)
+    assert (c.chosen, c.collapse_at) == (3, 4)  # epoch 3's 0.88 is the first more than 0.015 below the source's 0.90
+    assert c.collapse_reason == "the choice score fell 0.020 below its best (0.900 at source) by 3"
+    # the best so far moves up with the run: a rise then a small dip is no collapse
+    rising = [Candidate(s) for s in (0.80, 0.85, 0.90, 0.89, 0.895)]
+    assert choose(rising, patience=3, prefer="last", max_drop=0.015).chosen == 4
+    # a non-finite score is neither the best nor a drop
+    gap = [Candidate(0.9), Candidate(float("nan")), Candidate(0.5)]
+    assert choose(gap, patience=3, prefer="last", max_drop=0.1).collapse_at == 2
+
+
 def test_a_range_exit_is_a_collapse_or_only_rules_out_that_candidate():
     candidates = [Candidate(0.6, ("organ",)), Candidate(0.7), Candidate(0.8, ("organ",)), Candidate(0.75)]
     strict = choose(candidates, patience=3, prefer="last")

@@ -61,19 +61,22 @@ def _ranks(values: np.ndarray) -> np.ndarray:
 @dataclass(frozen=True)
 class Rule:
     """A label-free choice rule: the preference of :func:`~nnunet_sfda.label_free.choose`, the weight of the source
-    agreement in the choice score, and the collapse guard's patience and minimum fall."""
+    agreement in the choice score, and the collapse guard's patience, minimum fall and largest drop below the best."""
 
     prefer: str = "last"
     source_weight: float = 0.0
     patience: int = 3
     min_fall: float = 0.0
     range_exit_is_collapse: bool = True
+    max_drop: float | None = None
 
     @property
     def name(self) -> str:
-        pick = "last" if self.prefer == "last" else f"score(w={self.source_weight:g})"
+        weight = f"(w={self.source_weight:g})" if self.source_weight or self.prefer != "last" else ""
+        pick = self.prefer + weight
         return (pick + (f", fall>{self.min_fall:g}" if self.min_fall else "")
-                + ("" if self.range_exit_is_collapse else ", exits skip"))
+                + ("" if self.range_exit_is_collapse else ", exits skip")
+                + (f", drop>{self.max_drop:g}" if self.max_drop is not None else ""))
 
 
 #: the rule the trainers run with their defaults
@@ -99,7 +102,7 @@ class RunCandidates:
         candidates = [Candidate(choice_score(s["flip_agreement"], s["source_agreement"], rule.source_weight), bad)
                       for s, bad in zip(self.scores, self.implausible)]
         return choose(candidates, rule.patience, list(self.names), prefer=rule.prefer, min_fall=rule.min_fall,
-                      range_exit_is_collapse=rule.range_exit_is_collapse).chosen
+                      range_exit_is_collapse=rule.range_exit_is_collapse, max_drop=rule.max_drop).chosen
 
     def goals(self, chosen: int) -> tuple[bool, bool | None]:
         """(goal a met, goal b met — None where the last epoch is not more than 0.01 below the source)."""

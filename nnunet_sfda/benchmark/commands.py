@@ -26,14 +26,22 @@ def nnunet_env(work: Path, *, folders: Sequence[str] = NNUNET_FOLDERS, drop_pref
     ``folders`` names the raw, preprocessed and results folders; variables starting with ``drop_prefix`` are left
     out (default: every ``nnUNet_sfda_*`` of the caller's, so a user's own settings never leak into a run; tests pass
     ``"nnUNet"`` to leave out all of nnU-Net's). ``nnUNet_def_n_proc`` is ``processes``, else the caller's, else 2;
-    ``torch.compile`` is off (``nnUNet_compile=f``) unless the caller set it. ``extra`` is added last.
+    ``torch.compile`` is off (``nnUNet_compile=f``) unless the caller set it. The caller's ``nnUNet_n_proc_DA`` is
+    left out: nnU-Net's planner crashes with 0 (the value a small CPU wants for training), so training commands get
+    it from :func:`training_env`. ``extra`` is added last.
     """
-    env = {k: v for k, v in os.environ.items() if not k.startswith(drop_prefix)}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(drop_prefix) and k != "nnUNet_n_proc_DA"}
     raw, preprocessed, results = (str(Path(work) / name) for name in folders)
     env.update(nnUNet_raw=raw, nnUNet_preprocessed=preprocessed, nnUNet_results=results,
                nnUNet_def_n_proc=str(processes) if processes is not None else env.get("nnUNet_def_n_proc", "2"),
                nnUNet_compile=env.get("nnUNet_compile", "f"), **extra)
     return env
+
+
+def training_env() -> dict[str, str]:
+    """What a training command adds to :func:`nnunet_env`: the caller's ``nnUNet_n_proc_DA``, else 0 (no
+    augmentation worker processes: fastest on a small CPU, and an interrupted run resumes bit-identically)."""
+    return {"nnUNet_n_proc_DA": os.environ.get("nnUNet_n_proc_DA", "0")}
 
 
 #: nnUNetv2_predict options for these small runs: no test-time mirroring, and -npp 0 -nps 0 (nnU-Net's sequential

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from nnunet_sfda.benchmark.commands import PREDICT_OPTIONS, StepRunner, nnunet_env
+from nnunet_sfda.benchmark.commands import PREDICT_OPTIONS, StepRunner, nnunet_env, training_env
 from nnunet_sfda.benchmark.methods import SOURCE_TRAINER
 from nnunet_sfda.benchmark.phantom import SHIFT_FAMILIES, DemoLayout, make_demo_datasets
 from nnunet_sfda.benchmark.result_files import DEMO_RESULTS_FILE_NAME, DemoResults, write_result_file
@@ -47,7 +47,7 @@ def run_demo(work: Path, overwrite: bool = False, device: str = "cpu", seed: int
     replaced = claim_output_folder(work, "demo", overwrite=overwrite, legacy_file=DEMO_RESULTS_FILE_NAME)
     raw, res = work / "nnUNet_raw", work / "nnUNet_results"
     env = nnunet_env(work)
-    train_env = {"nnUNet_n_proc_DA": env.get("nnUNet_n_proc_DA", "0"), **settings_env(seed=seed)}
+    train_env = {**training_env(), **settings_env(seed=seed)}
     # 150 supervised iterations reach a pseudo-Dice above 0.99 on the source phantom
     source_env = {**train_env, **settings_env(num_epochs=3, iterations_per_epoch=50)}
     family = SHIFT_FAMILIES[SHIFT_FAMILY]

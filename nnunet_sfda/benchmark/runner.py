@@ -53,7 +53,7 @@ import SimpleITK as sitk
 from nnunet_sfda import records
 from nnunet_sfda.benchmark import figures, tables
 from nnunet_sfda.benchmark.candidate_dice import candidate_test_dice
-from nnunet_sfda.benchmark.commands import PREDICT_OPTIONS, StepRunner, nnunet_env
+from nnunet_sfda.benchmark.commands import PREDICT_OPTIONS, StepRunner, nnunet_env, training_env
 from nnunet_sfda.benchmark.methods import METHODS, SOURCE_TRAINER, Method, parse_methods
 from nnunet_sfda.benchmark.phantom import (
     SHIFT_FAMILIES,
@@ -141,11 +141,8 @@ class Benchmark:
         self.cfg = config
         self.out = config.out
         self.p = config.preset
-        # training runs with nnUNet_n_proc_DA (default 0: no augmentation workers, best on small CPUs); nnU-Net's
-        # planner fails with 0, so only training commands get it
-        self.train_env = {"nnUNet_n_proc_DA": os.environ.get("nnUNet_n_proc_DA", "0")}
-        base = {k: v for k, v in nnunet_env(self.out).items() if k != "nnUNet_n_proc_DA"}
-        self.progress = StepRunner(self.out, base)
+        self.train_env = training_env()
+        self.progress = StepRunner(self.out, nnunet_env(self.out))
 
     # -- data --------------------------------------------------------------------------------------------------
     def _source(self, family: ShiftFamily) -> tuple[str, Path]:
