@@ -19,6 +19,7 @@ The adaptation seed is the demo's own (read from its adaptation run's ``sfda_set
 starts like the demo did; ``--seed`` may only repeat it. ``--every-epoch`` keeps every candidate of the
 label-free choice (``nnUNet_sfda_save_every_epoch=1``) and writes the test Dice of each to
 ``DEMO/sweeps/<name>/candidate_dice.json``, beside the run's history: ``scripts/evaluate_choice.py`` reads them.
+Each setting's folder also gets ``environment.txt``, the installed distributions (:mod:`nnunet_sfda.environment`).
 """
 from __future__ import annotations
 
@@ -40,6 +41,7 @@ from nnunet_sfda.benchmark.result_files import (
     read_result_file,
     write_result_file,
 )
+from nnunet_sfda.environment import record_environment
 from nnunet_sfda.files import atomic_write_json, read_json
 from nnunet_sfda.metrics import folder_mean_foreground_dice
 from nnunet_sfda.prepared import prepared_configurations, record_path
@@ -123,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         if out.exists():
             shutil.rmtree(out)
         out.mkdir(parents=True)
+        record_environment(out)
         env = _env(demo, {**extra, **({"save_every_epoch": "1"} if args.every_epoch else {})}, seed)
         print(f"[{name}] {trainer} {extra} seed {seed}", flush=True)
         folder = demo / "nnUNet_results" / twin / f"{trainer}__nnUNetPlans__{CONFIGURATION}"

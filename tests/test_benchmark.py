@@ -25,6 +25,7 @@ from nnunet_sfda.benchmark.result_files import (
     write_result_file,
 )
 from nnunet_sfda.benchmark.runner import Benchmark, BenchmarkConfig, gap_closures, run_benchmark
+from nnunet_sfda.environment import ENVIRONMENT_FILE_NAME, parse_environment
 from nnunet_sfda.output_folder import MARKER_FILE_NAME, claim_output_folder
 
 
@@ -248,6 +249,8 @@ def test_micro_benchmark_end_to_end(tmp_path):
     same = "adami_batch_marginal" if adami_mode == "batch_marginal" else "adami_per_sample"
     assert results["methods"][same]["same_run_as"] == "adami"
     assert "versions" in results and results["versions"]["nnunetv2"]
+    environment = parse_environment((out / ENVIRONMENT_FILE_NAME).read_text())
+    assert environment["nnunetv2"] == results["versions"]["nnunetv2"] and "torch" in environment
     for name in ("results.md", "results.csv", "figures/dice_by_method.png", "figures/curves_default.png",
                  "figures/examples_default.png"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
@@ -271,3 +274,4 @@ def test_micro_benchmark_end_to_end(tmp_path):
     assert again.returncode == 0, again.stderr[-2000:]
     assert ": training (" not in again.stdout and ": predicting " not in again.stdout  # the steps' progress lines
     assert json.loads((out / "results.json").read_text())["methods"] == results["methods"]
+    assert not list(out.glob("environment_resumed_*.txt"))  # the same environment: one list

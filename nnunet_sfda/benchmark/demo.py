@@ -3,7 +3,8 @@
 Everything runs through the stock nnU-Net commands and ``nnunet-sfda`` as a user would type them, with nnU-Net's
 three folders inside the demo's working folder, so the user's own datasets are never touched. The working folder is
 marked as the demo's when it is made; ``--overwrite`` replaces only such a folder (:mod:`nnunet_sfda.output_folder`).
-The numbers go to ``demo_results.json`` (:class:`~nnunet_sfda.benchmark.result_files.DemoResults`).
+The numbers go to ``demo_results.json`` (:class:`~nnunet_sfda.benchmark.result_files.DemoResults`), the installed
+distributions they were made with to ``environment.txt`` (:mod:`nnunet_sfda.environment`).
 
 The target's training labels are copied into its ``labelsTr`` before preparation, as the benchmark does, so the
 adaptation curves show a monitoring Dice; the trainer never trains on them (``tests/test_new_trainers.py`` checks,
@@ -20,6 +21,7 @@ from nnunet_sfda.benchmark.commands import PREDICT_OPTIONS, StepRunner, nnunet_e
 from nnunet_sfda.benchmark.methods import SOURCE_TRAINER
 from nnunet_sfda.benchmark.phantom import SHIFT_FAMILIES, DemoLayout, make_demo_datasets
 from nnunet_sfda.benchmark.result_files import DEMO_RESULTS_FILE_NAME, DemoResults, write_result_file
+from nnunet_sfda.environment import record_environment
 from nnunet_sfda.files import read_json
 from nnunet_sfda.metrics import folder_mean_foreground_dice
 from nnunet_sfda.records import LAST_CHECKPOINT_FILE_NAME
@@ -53,6 +55,7 @@ def run_demo(work: Path, overwrite: bool = False, device: str = "cpu", seed: int
     family = SHIFT_FAMILIES[SHIFT_FAMILY]
 
     print(f"nnunet-sfda demo in {work}" + (" (replacing the earlier demo run there)" if replaced else ""), flush=True)
+    record_environment(work)
     layout: DemoLayout = make_demo_datasets(raw, work, seed=seed, **family.as_kwargs())
     print(f"      generated {len(layout.source_case_ids)} labelled source cases, {len(layout.target_case_ids)} "
           f"unlabelled target cases and {len(layout.target_test_case_ids)} target test cases", flush=True)

@@ -35,7 +35,8 @@ All nnU-Net folders live inside the output folder, which the benchmark marks as 
 (:mod:`nnunet_sfda.output_folder`): ``--overwrite`` and ``--resume`` act only on such a folder. Each finished
 method writes ``runs/<shift>/<method>/method.json``; ``--resume`` skips what is finished. The files it writes and
 reads back are the models of :mod:`~nnunet_sfda.benchmark.result_files`; the presets are
-:data:`nnunet_sfda.benchmark.presets.PRESETS`.
+:data:`nnunet_sfda.benchmark.presets.PRESETS`. ``environment.txt`` lists the installed distributions
+(:mod:`nnunet_sfda.environment`); a resume in a changed environment says so and keeps both lists.
 """
 from __future__ import annotations
 
@@ -45,7 +46,6 @@ import shutil
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 
 import SimpleITK as sitk
@@ -81,6 +81,7 @@ from nnunet_sfda.benchmark.result_files import (
     write_result_file,
 )
 from nnunet_sfda.benchmark.seed_table import gap_closure
+from nnunet_sfda.environment import key_versions, record_environment
 from nnunet_sfda.files import read_json
 from nnunet_sfda.metrics import evaluate_folder, read_label_map, summarize
 from nnunet_sfda.output_folder import claim_output_folder
@@ -109,16 +110,6 @@ class BenchmarkConfig:
 
 
 DGTTA_DRIVER = Path(__file__).with_name("dgtta_driver.py")
-
-
-def _versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for name in ("nnunet-sfda", "nnunetv2", "torch", "monai"):
-        try:
-            out[name.replace("-", "_")] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name.replace("-", "_")] = "not installed"
-    return out
 
 
 def _machine(device: str) -> str:
@@ -321,11 +312,16 @@ class Benchmark:
                           self.out / BENCHMARK_ARGUMENTS_FILE_NAME)
         self.progress.say(f"benchmark preset '{self.p.name}' ({self.p.note}); shifts: {', '.join(self.cfg.shifts)}; "
                           f"methods: {', '.join(self.cfg.methods)}; folder {self.out}")
+        written, changed = record_environment(self.out)
+        if changed:
+            self.progress.say(f"WARNING: this environment differs from the one the run started in ({len(changed)} "
+                              f"distributions, e.g. {'; '.join(changed[:3])}): the methods resumed now were made in "
+                              f"another environment; written to {written.name}")
         shifts = {shift: self._run_shift(index, shift) for index, shift in enumerate(self.cfg.shifts)}
         results = BenchmarkResults(
             preset=self.p.name, shift=self.cfg.shifts[0], configuration=self.p.configuration,
             methods=shifts[self.cfg.shifts[0]].methods, shifts=shifts, machine=_machine(self.cfg.device),
-            device=self.cfg.device, versions=_versions(),
+            device=self.cfg.device, versions=key_versions(),
             budget=Budget(source_iterations=self.p.source_epochs * self.p.source_iterations,
                           adaptation_iterations=self.p.adapt_epochs * self.p.adapt_iterations),
             minutes=round((time.monotonic() - self.progress.start) / 60, 1))
