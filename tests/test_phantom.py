@@ -28,6 +28,7 @@ from nnunet_sfda.benchmark.phantom import (
     write_cases,
     write_dataset,
 )
+from nnunet_sfda.benchmark.phantom.shifts import normalize_shifts
 
 
 def _case(seed=0, spec=None, shifts=()):
@@ -493,8 +494,8 @@ def test_every_mild_phantom_family_but_low_contrast_has_a_hardened_version():
 @pytest.mark.parametrize("name", HARDENED)
 def test_a_hardened_family_applies_the_same_shifts_as_its_mild_version_but_stronger(name):
     strong, mild = SHIFT_FAMILIES[name], SHIFT_FAMILIES[name.removesuffix("_strong")]
-    assert [s[0] if isinstance(s, tuple) else s for s in strong.shifts] == \
-        [s[0] if isinstance(s, tuple) else s for s in mild.shifts]
+    assert [shift for shift, _ in normalize_shifts(strong.shifts)] == \
+        [shift for shift, _ in normalize_shifts(mild.shifts)]
     assert strong.anatomy == mild.anatomy == "phantom"
 
     def relative_change(family):  # mean |shifted - unshifted| / mean unshifted, on the family's own grid
