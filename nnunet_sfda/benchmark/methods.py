@@ -39,8 +39,6 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            "confident pseudo-labels of the frozen source model, CE + Dice + λ·KL"),
     Method("adami_self_training", "nnUNetTrainerSFDA",
            "the default: AdaMI, then self-training from its label-free choice (reuses adami's run)"),
-    Method("self_training_round2", "nnUNetTrainerSFDA_round2",
-           "the default, then self-training again from its label-free choice (reuses the default's run)"),
     Method("dgtta", None, "the DG-TTA package (peer, its own environment; 3d only)", prior="none", peer=True),
     Method("oracle", SOURCE_TRAINER, "supervised on the labelled target training cases (upper bound)", prior="none"),
 )}

@@ -1,11 +1,7 @@
 """nnU-Net trainers for source-free adaptation; found by the stock commands through ``nnUNet_extTrainer``."""
 from nnunet_sfda.trainers.consistency import nnUNetTrainerSFDA_consistency, nnUNetTrainerSFDA_consistencyAdaMI
 from nnunet_sfda.trainers.coverage import nnUNetTrainerSFDA_coverage
-from nnunet_sfda.trainers.self_training import (
-    nnUNetTrainerSFDA,
-    nnUNetTrainerSFDA_round2,
-    nnUNetTrainerSFDA_selfTrain,
-)
+from nnunet_sfda.trainers.self_training import nnUNetTrainerSFDA, nnUNetTrainerSFDA_selfTrain
 from nnunet_sfda.trainers.sfda import nnUNetTrainerSFDA_AdaMI
 from nnunet_sfda.trainers.source import nnUNetTrainer_sfdaShort
 from nnunet_sfda.trainers.variants import (
@@ -27,7 +23,6 @@ __all__ = [
     "nnUNetTrainerSFDA_coverage",
     "nnUNetTrainerSFDA_entropyOnly",
     "nnUNetTrainerSFDA_perSample",
-    "nnUNetTrainerSFDA_round2",
     "nnUNetTrainerSFDA_selfTrain",
     "nnUNetTrainerSFDA_tent",
     "nnUNetTrainerSFDA_trueSize",

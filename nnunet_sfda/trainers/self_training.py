@@ -37,7 +37,7 @@ from nnunet_sfda.trainers.consistency import StepTerms, _RecordsExtraTerms, new_
 from nnunet_sfda.trainers.selection import FINAL_CHECKPOINT
 from nnunet_sfda.trainers.sfda import LATEST_CHECKPOINT, nnUNetTrainerSFDA_AdaMI
 
-__all__ = ["nnUNetTrainerSFDA", "nnUNetTrainerSFDA_round2", "nnUNetTrainerSFDA_selfTrain"]
+__all__ = ["nnUNetTrainerSFDA", "nnUNetTrainerSFDA_selfTrain"]
 
 
 class nnUNetTrainerSFDA_selfTrain(_RecordsExtraTerms, nnUNetTrainerSFDA_AdaMI):
@@ -177,11 +177,3 @@ class nnUNetTrainerSFDA(nnUNetTrainerSFDA_selfTrain):
         stage.run_training()
         stage.perform_actual_validation()
         self.print_to_log_file(f"SFDA stage 2 of 2: self-training from {folder / FINAL_CHECKPOINT}")
-
-
-class nnUNetTrainerSFDA_round2(nnUNetTrainerSFDA):
-    """A second self-training round: the whole default (:class:`nnUNetTrainerSFDA`, in its own results folder) is
-    stage 1, and a fresh frozen teacher, its label-free choice, labels the target again for a new student."""
-
-    start_trainer: ClassVar[type[nnUNetTrainerSFDA_AdaMI]] = nnUNetTrainerSFDA
-
