@@ -236,7 +236,8 @@ PREFERENCES = ("last", "score")
 # The trainers' rule (their class attributes default to these; trainers/selection.py), each set on the development
 # seed (scripts/evaluate_choice.py, docs/results.md):
 #: "last": the latest plausible epoch before any collapse came within 0.02 of the best epoch in 5 of 5 runs; the
-#: highest choice score in at most 2 of 5
+#: highest choice score in at most 2 of 5. "score" wins the replay of the 18 development runs of 2026-12-08, but the
+#: default rerun under it ends 0.010 lower on the development seed's mean: its stage 2 starts from an earlier epoch
 DEFAULT_PREFERENCE = "last"
 #: the weight of the source agreement in the choice score. 0: the source agreement falls by construction as
 #: adaptation moves away from the source, and a score containing it tripped the "fell 3 times in a row" guard on a

@@ -29,7 +29,8 @@ from nnunet_sfda.files import atomic_write_json
 
 RULES = (*(Rule("last", min_fall=f, range_exit_is_collapse=r) for r in (True, False)
            for f in (0.0, 0.005, 0.01, 0.02, 1.0)),
-         *(Rule("score", w, min_fall=f) for w in (0.0, 0.25, 1.0) for f in (0.0, 0.01)),
+         *(Rule("score", w, min_fall=f, range_exit_is_collapse=r) for r in (True, False)
+           for w in (0.0, 0.25, 1.0) for f in (0.0, 0.01)),
          # the trainers' rule with a guard against slow drifts, on the flip agreement or a score with the source's
          *(Rule("last", w, min_fall=0.01, range_exit_is_collapse=False, max_drop=d)
            for w in (0.0, 0.25, 1.0) for d in (0.005, 0.01, 0.02, 0.03)))
